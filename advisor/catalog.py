@@ -1,0 +1,109 @@
+"""Finding hardware and model profiles by name or path.
+
+`--hardware` and `--model` accept a shipped name (`profiles/`), a user profile name (saved under
+`$ADVISOR_HOME`, default `~/.kvpr-advisor`, by `advisor profile` and `calibrate`), or a file; a
+model may also be a local Hugging Face checkpoint folder, read from its `config.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from advisor.documents import HardwareProfile, ModelSpec, load_document, parse_document
+from advisor.errors import UserError
+
+SHIPPED = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def user_home() -> Path:
+    return Path(os.environ.get("ADVISOR_HOME", Path.home() / ".kvpr-advisor"))
+
+
+def _folders(kind: str) -> list[tuple[str, Path]]:
+    return [("shipped", SHIPPED / kind), ("user", user_home() / kind)]
+
+
+def available(kind: str) -> list[tuple[str, str, Path]]:
+    """(origin, name, path) of every profile of `kind` ("hardware" or "models")."""
+    found = []
+    for origin, folder in _folders(kind):
+        if folder.is_dir():
+            for path in sorted(folder.glob("*.json")):
+                found.append((origin, path.stem, path))
+    return found
+
+
+def _by_name(kind: str, name: str) -> Path | None:
+    matches = [path for _, stem, path in available(kind) if stem == name]
+    return matches[-1] if matches else None  # a user profile shadows a shipped one
+
+
+def load_hardware(name_or_path: str) -> HardwareProfile:
+    path = Path(name_or_path)
+    if path.suffix == ".json" or path.is_file():
+        return load_document(HardwareProfile, path)
+    found = _by_name("hardware", name_or_path)
+    if found is None:
+        names = ", ".join(stem for _, stem, _ in available("hardware"))
+        raise UserError(f"unknown hardware profile {name_or_path!r}: choose from {names}, or give a file")
+    return load_document(HardwareProfile, found)
+
+
+def load_model(name_or_path: str) -> ModelSpec:
+    path = Path(name_or_path)
+    if path.is_dir():
+        return model_from_hf_config(path)
+    if path.suffix == ".json" or path.is_file():
+        if path.is_file() and path.name == "config.json":
+            return model_from_hf_config(path.parent)
+        return load_document(ModelSpec, path)
+    found = _by_name("models", name_or_path)
+    if found is None:
+        names = ", ".join(stem for _, stem, _ in available("models"))
+        raise UserError(f"unknown model {name_or_path!r}: choose from {names}, or give a file or checkpoint folder")
+    return load_document(ModelSpec, found)
+
+
+def model_from_hf_config(folder: Path) -> ModelSpec:
+    """A ModelSpec from a Hugging Face checkpoint folder's config.json (OPT and Llama families)."""
+    config_path = folder / "config.json"
+    try:
+        cfg = json.loads(config_path.read_text())
+    except OSError:
+        raise UserError(f"{folder}: no config.json: not a Hugging Face checkpoint folder") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{config_path}: not JSON: {error.msg}") from None
+    kind = cfg.get("model_type")
+    dtype = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(
+        str(cfg.get("torch_dtype") or cfg.get("dtype") or "float16"), "fp16")
+    where = str(config_path)
+    try:
+        if kind == "opt":
+            if not cfg.get("do_layer_norm_before", True) or cfg.get("word_embed_proj_dim", cfg["hidden_size"]) != cfg["hidden_size"]:
+                raise UserError(f"{where}: this OPT variant (post-norm or projected embeddings) is not supported")
+            hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+            data = dict(
+                name=folder.name, family="opt", num_layers=cfg["num_hidden_layers"], hidden=hidden,
+                num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads, ffn_hidden=cfg["ffn_dim"],
+                vocab_size=cfg["vocab_size"], max_positions=cfg["max_position_embeddings"], norm="layernorm",
+                activation="relu", position="learned", bias=cfg.get("enable_bias", True),
+                tie_embeddings=cfg.get("tie_word_embeddings", True), dtype=dtype, source=where,
+            )
+        elif kind in ("llama", "mistral"):
+            hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+            data = dict(
+                name=folder.name, family="llama", num_layers=cfg["num_hidden_layers"], hidden=hidden,
+                num_heads=heads, num_kv_heads=cfg.get("num_key_value_heads") or heads,
+                head_dim=cfg.get("head_dim") or hidden // heads, ffn_hidden=cfg["intermediate_size"],
+                vocab_size=cfg["vocab_size"], max_positions=cfg["max_position_embeddings"], norm="rmsnorm",
+                activation="swiglu", position="rotary", bias=bool(cfg.get("attention_bias", False)),
+                rope_theta=float(cfg.get("rope_theta", 10000.0)), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                tie_embeddings=cfg.get("tie_word_embeddings", False), dtype=dtype, source=where,
+            )
+        else:
+            raise UserError(f"{where}: model_type {kind!r} is not supported (opt, llama, mistral are)")
+    except KeyError as missing:
+        raise UserError(f"{where}: {missing.args[0]}: missing") from None
+    return parse_document(ModelSpec, data, where)

@@ -1,0 +1,207 @@
+"""The `advisor` command: one parser, each subcommand handled by the module that owns the work.
+
+Subcommand handlers are imported only when chosen, so `advisor execute` never imports textual and
+`advisor plan` never imports torch. A `UserError` anywhere prints its lines and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from advisor.errors import UserError
+
+# subcommand → "module:function" taking the parsed arguments and returning an exit code
+HANDLERS = {
+    "list": "advisor.cli:cmd_list",
+    "schema": "advisor.cli:cmd_schema",
+    "plan": "advisor.planner_cli:cmd_plan",
+    "simulate": "simulator.command:cmd_simulate",
+    "execute": "backend.command:cmd_execute",
+    "compare": "advisor.compare:cmd_compare",
+    "profile": "advisor.profile:cmd_profile",
+    "calibrate": "advisor.calibrate:cmd_calibrate",
+    "tune": "advisor.tune:cmd_tune",
+    "tui": "tui.app:cmd_tui",
+}
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = positive_int(text) if text.strip() not in ("0", "+0", "-0") else 0
+    return value
+
+
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} must lie in [0, 1]")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+    return value
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="shipped name, model JSON, or HF checkpoint folder")
+    parser.add_argument("--hardware", required=True, help="shipped name or hardware profile JSON")
+    parser.add_argument("--batch", type=positive_int, required=True)
+    parser.add_argument("--prompt-len", type=positive_int, required=True)
+    parser.add_argument("--gen-len", type=positive_int, required=True)
+
+
+def add_plan_choices(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--schedule", choices=["row", "column"], default=None,
+                        help="row (latency) or column (throughput); default follows --objective")
+    parser.add_argument("--objective", choices=["latency", "throughput"], default=None)
+    parser.add_argument("--gpu-batches", type=positive_int, default=None,
+                        help="GPU batches per step (column schedule); default: chosen")
+    parser.add_argument("--weights-on-gpu", type=fraction, default=None,
+                        help="fraction of layers whose weights stay on the GPU; default: chosen")
+    parser.add_argument("--gpu-kv-budget", type=non_negative_float, default=None, metavar="GB",
+                        help="GPU memory the KV cache may use, GB; 0 offloads all of it")
+    parser.add_argument("--split", type=non_negative_int, default=None,
+                        help="force this split (tokens recomputed) for every step")
+    parser.add_argument("--chunks", type=positive_int, default=None, help="activation chunks per layer")
+    parser.add_argument("--cost-model", choices=["pipelined", "paper"], default="pipelined")
+    parser.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advisor",
+        description="Plan, simulate and execute LLM decoding with the KV cache offloaded to CPU memory "
+        "(KVPR-style partial recomputation).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("list", help="shipped and user profiles")
+    p.add_argument("kind", nargs="?", choices=["models", "hardware"], default=None)
+
+    p = sub.add_parser("schema", help="print a document's JSON schema")
+    p.add_argument("name", choices=["plan", "hardware", "model", "trace"])
+
+    p = sub.add_parser("plan", help="solve for the split and write a plan")
+    add_workload_arguments(p)
+    add_plan_choices(p)
+    p.add_argument("-o", "--output", default="plan.json")
+    p.add_argument("--json", action="store_true", help="print the plan's figures as JSON")
+
+    p = sub.add_parser("simulate", help="predicted trace of a plan")
+    p.add_argument("plan")
+    p.add_argument("-o", "--output", default=None, help="write the predicted trace here")
+    p.add_argument("--chrome", default=None, help="write a Chrome/Perfetto trace here")
+    p.add_argument("--layers", type=positive_int, default=4, help="layers shown in the text timeline")
+
+    p = sub.add_parser("execute", help="run a plan on the GPU (or CPU) and measure it")
+    p.add_argument("plan")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None)
+    p.add_argument("--checkpoint", default=None, help="local Hugging Face checkpoint folder")
+    prompt = p.add_mutually_exclusive_group()
+    prompt.add_argument("--prompt-ids", default=None, help="JSON list (or list of lists) of token ids")
+    prompt.add_argument("--prompt", default=None, help="prompt text (needs a tokenizer in --checkpoint)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--warmup-steps", type=non_negative_int, default=None)
+    p.add_argument("--calibrate", default=None, metavar="OUT",
+                   help="refit the plan's hardware profile from this run and write it to OUT")
+
+    p = sub.add_parser("compare", help="predicted against measured")
+    p.add_argument("plan")
+    p.add_argument("measured")
+    p.add_argument("--predicted", default=None)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--chrome", default=None, help="write both timelines as a Chrome trace here")
+
+    p = sub.add_parser("profile", help="measure this machine into a hardware profile")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--name", default=None)
+
+    p = sub.add_parser("calibrate", help="refit a hardware profile from measured traces")
+    p.add_argument("measured", nargs="+")
+    p.add_argument("--hardware", required=True)
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--plan", action="append", default=None,
+                   help="plan of each measured trace when it is not beside it")
+
+    p = sub.add_parser("tune", help="profile, plan, execute, calibrate, re-plan")
+    add_workload_arguments(p)
+    add_plan_choices(p)
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None)
+    p.add_argument("--rounds", type=positive_int, default=3)
+    p.add_argument("--steps", type=positive_int, default=4, help="decode steps executed per candidate")
+    p.add_argument("-o", "--output", default="tuned-plan.json")
+    p.add_argument("--profile-output", default="tuned-hardware.json")
+
+    p = sub.add_parser("tui", help="explore plans interactively")
+    p.add_argument("--plan", default=None)
+    p.add_argument("--measured", default=None)
+    p.add_argument("--export", default="plan.json")
+    return parser
+
+
+def cmd_list(args) -> int:
+    from advisor.catalog import available, load_hardware, load_model
+
+    kinds = [args.kind] if args.kind else ["models", "hardware"]
+    for kind in kinds:
+        print(f"{kind}:")
+        for origin, name, path in available(kind):
+            try:
+                doc = load_model(str(path)) if kind == "models" else load_hardware(str(path))
+            except UserError as error:
+                print(f"  {name:18s} {origin:8s} invalid: {error.lines[0]}")
+                continue
+            if kind == "models":
+                what = (f"{doc.family}, {doc.num_layers} layers, hidden {doc.hidden}, "
+                        f"{doc.num_heads} heads / {doc.num_kv_heads} KV heads")
+            else:
+                what = doc.description
+            print(f"  {name:18s} {origin:8s} {what}")
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from advisor.documents import json_schema
+
+    print(json.dumps(json_schema(args.name), indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module_name, function_name = HANDLERS[args.command].split(":")
+    try:
+        handler = getattr(importlib.import_module(module_name), function_name)
+        return int(handler(args) or 0)
+    except UserError as error:
+        for line in error.lines:
+            print(f"advisor {args.command}: {line}", file=sys.stderr)
+        return UserError.exit_code
+    except KeyboardInterrupt:
+        print(f"advisor {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,63 @@
+"""Sizes of the work of one layer: bytes each copy moves and the GEMMs each kernel runs.
+
+The operation graph fills its operations from these functions and the vectorised cost model
+evaluates the same functions over arrays of splits, so there is one definition of how big the
+transfers and the recomputation are. Arguments may be Python numbers or numpy arrays.
+`b` is the GPU batch size (sequences in one GPU batch), `p` bytes per value.
+"""
+
+from __future__ import annotations
+
+from advisor.documents import ModelSpec
+
+
+def kv_bytes(model: ModelSpec, b, tokens, p: int):
+    """K and V of `tokens` tokens of one layer: 2·b·tokens·h_kv·p."""
+    return 2 * b * tokens * model.kv_dim * p
+
+
+def act_bytes(model: ModelSpec, b, tokens, p: int):
+    """Layer-input activations of `tokens` tokens of one layer: b·tokens·h·p."""
+    return b * tokens * model.hidden * p
+
+
+def layer_weight_bytes(model: ModelSpec, p: int) -> int:
+    return model.layer_params() * p
+
+
+def recompute_gemm(model: ModelSpec, b, tokens) -> tuple:
+    """K and V projections of `tokens` tokens as one GEMM (M, N, K) = (b·tokens, 2·h_kv, h)."""
+    return (b * tokens, 2 * model.kv_dim, model.hidden)
+
+
+def qkv_gemm(model: ModelSpec, rows) -> tuple:
+    return (rows, model.hidden + 2 * model.kv_dim, model.hidden)
+
+
+def out_gemm(model: ModelSpec, rows) -> tuple:
+    return (rows, model.hidden, model.hidden)
+
+
+def mlp_gemms(model: ModelSpec, rows) -> list[tuple]:
+    up = model.ffn_hidden * (2 if model.activation == "swiglu" else 1)
+    return [(rows, up, model.hidden), (rows, model.hidden, model.ffn_hidden)]
+
+
+def prefill_attention_gemms(model: ModelSpec, b: int, tokens: int) -> list[tuple]:
+    """Causal self-attention of a prompt as GEMM-equivalents: scores and weighted sum, half masked."""
+    width = max(1, tokens // 2)
+    return [(b * tokens, width, model.hidden), (b * tokens, model.hidden, width)]
+
+
+def head_gemm(model: ModelSpec, rows) -> tuple:
+    return (rows, model.vocab_size, model.hidden)
+
+
+def chunk_bounds(start: int, end: int, chunks: int) -> list[tuple[int, int]]:
+    """Split tokens [start, end) into at most `chunks` contiguous, near-equal, non-empty parts."""
+    total = end - start
+    if total <= 0:
+        return []
+    parts = min(chunks, total)
+    bounds = [start + (total * i) // parts for i in range(parts + 1)]
+    return [(bounds[i], bounds[i + 1]) for i in range(parts)]
