@@ -164,38 +164,35 @@ class _Builder:
 
         rows = b * context if prefill else b
         prev = self.hidden_ready.get(batch)
+        gemms, nbytes, kernels = shapes.qkv_work(model, rows, p)
         qkv = self.emit(Operation(
-            id=op_id(step, layer, batch, "qkv"), kind="qkv", lane="gpu",
-            step=step, layer=layer, batch=batch, gemms=[shapes.qkv_gemm(model, rows)], kernels=3,
-            bytes=rows * model.hidden * p, token_start=context if not prefill else 0,
+            id=op_id(step, layer, batch, "qkv"), kind="qkv", lane="gpu", step=step, layer=layer,
+            batch=batch, gemms=gemms, kernels=kernels, bytes=nbytes, token_start=context if not prefill else 0,
             token_end=context + (0 if prefill else 1), deps=([prev] if prev else []) + weights,
         ))
         recomputes = []
         for c, load in enumerate(act_loads):
+            gemms, nbytes, kernels = shapes.recompute_work(model, b, load.token_end - load.token_start)
             recomputes.append(self.emit(Operation(
                 id=op_id(step, layer, batch, "recompute_kv", c), kind="recompute_kv", lane="gpu",
-                step=step, layer=layer, batch=batch, chunk=c,
-                gemms=[shapes.recompute_gemm(model, b, load.token_end - load.token_start)],
-                kernels=2 if model.position == "rotary" else 1,
+                step=step, layer=layer, batch=batch, chunk=c, gemms=gemms, bytes=nbytes, kernels=kernels,
                 token_start=load.token_start, token_end=load.token_end, buffer=slot,
                 deps=[load.id] + weights,
             )).id)
         if prefill:
-            attn_gemms = shapes.prefill_attention_gemms(model, b, context) + [shapes.out_gemm(model, rows)]
-            attn_bytes = 0
+            gemms, nbytes, kernels = shapes.prefill_attention_work(model, b, context)
         else:
-            attn_gemms = [shapes.out_gemm(model, rows)]
-            attn_bytes = shapes.kv_bytes(model, b, context + 1, p)
+            gemms, nbytes, kernels = shapes.decode_attention_work(model, b, context, p)
         attention = self.emit(Operation(
             id=op_id(step, layer, batch, "attention"), kind="attention", lane="gpu",
-            step=step, layer=layer, batch=batch, gemms=attn_gemms, bytes=attn_bytes, kernels=4,
+            step=step, layer=layer, batch=batch, gemms=gemms, bytes=nbytes, kernels=kernels,
             token_start=0, token_end=context + (0 if prefill else 1), buffer=slot,
             deps=[qkv.id] + recomputes + kv_load,
         ))
+        gemms, nbytes, kernels = shapes.mlp_work(model, rows, p)
         mlp = self.emit(Operation(
-            id=op_id(step, layer, batch, "mlp"), kind="mlp", lane="gpu",
-            step=step, layer=layer, batch=batch, gemms=shapes.mlp_gemms(model, rows), kernels=4,
-            bytes=rows * model.ffn_hidden * p, deps=[attention.id],
+            id=op_id(step, layer, batch, "mlp"), kind="mlp", lane="gpu", step=step, layer=layer,
+            batch=batch, gemms=gemms, bytes=nbytes, kernels=kernels, deps=[attention.id],
         ))
         self.hidden_ready[batch] = mlp.id
         if slot is not None:
@@ -233,10 +230,10 @@ class _Builder:
 
     def sample(self, step: int, batch: int):
         layer = self.model.num_layers
+        gemms, nbytes, kernels = shapes.sample_work(self.model, self.b)
         op = self.emit(Operation(
-            id=op_id(step, layer, batch, "sample"), kind="sample", lane="gpu",
-            step=step, layer=layer, batch=batch, gemms=[shapes.head_gemm(self.model, self.b)],
-            kernels=3, bytes=self.b * self.model.vocab_size * 4,
+            id=op_id(step, layer, batch, "sample"), kind="sample", lane="gpu", step=step,
+            layer=layer, batch=batch, gemms=gemms, bytes=nbytes, kernels=kernels,
             deps=[self.hidden_ready[batch]],
         ))
         self.hidden_ready[batch] = op.id

@@ -61,3 +61,35 @@ def chunk_bounds(start: int, end: int, chunks: int) -> list[tuple[int, int]]:
     parts = min(chunks, total)
     bounds = [start + (total * i) // parts for i in range(parts + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(parts)]
+
+
+# --- the GPU work of each kind of operation: (gemms, memory-bound bytes, kernels) -------------
+# The operation graph fills its GPU operations from these, and the cost model costs the same.
+
+
+def qkv_work(model: ModelSpec, rows, p: int):
+    """Input norm and Q/K/V projections of `rows` token rows (plus the embedding at layer 0)."""
+    return [qkv_gemm(model, rows)], rows * model.hidden * p, 3
+
+
+def recompute_work(model: ModelSpec, b, tokens):
+    """K/V projections of `tokens` stored activations (rotary models also rotate K)."""
+    return [recompute_gemm(model, b, tokens)], 0, 2 if model.position == "rotary" else 1
+
+
+def decode_attention_work(model: ModelSpec, b, context, p: int):
+    """Attention of one new token over `context` cached tokens and itself, and the out projection."""
+    return [out_gemm(model, b)], kv_bytes(model, b, context + 1, p), 4
+
+
+def prefill_attention_work(model: ModelSpec, b: int, tokens: int):
+    return prefill_attention_gemms(model, b, tokens) + [out_gemm(model, b * tokens)], 0, 4
+
+
+def mlp_work(model: ModelSpec, rows, p: int):
+    return mlp_gemms(model, rows), rows * model.ffn_hidden * p, 4
+
+
+def sample_work(model: ModelSpec, b: int):
+    """Final norm, LM head and greedy choice for one GPU batch."""
+    return [head_gemm(model, b)], b * model.vocab_size * 4, 3

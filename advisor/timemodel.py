@@ -96,10 +96,8 @@ def gemm_time(hw: HardwareProfile, m, n: int, k: int, p: int, launch: bool = Tru
 def gpu_time(hw: HardwareProfile, kind: str, gemms, nbytes, kernels: int, p: int) -> float:
     """Seconds for a GPU operation: its GEMMs, its memory-bound bytes, launch overhead per kernel."""
     seconds = sum(gemm_time(hw, m, n, k, p, launch=False) for (m, n, k) in gemms)
-    if nbytes:
-        rate = hw.attention_Bps if kind == "attention" else hw.memory_bound_Bps
-        seconds += nbytes / rate
-    return seconds + kernels * hw.launch_overhead_s
+    rate = hw.attention_Bps if kind == "attention" else hw.memory_bound_Bps
+    return seconds + nbytes / rate + kernels * hw.launch_overhead_s
 
 
 def op_duration(hw: HardwareProfile, op, p: int) -> float:
@@ -107,3 +105,9 @@ def op_duration(hw: HardwareProfile, op, p: int) -> float:
     if op.lane in ("h2d", "d2h"):
         return copy_time(direction(hw, op.lane), op.bytes)
     return gpu_time(hw, op.kind, op.gemms, op.bytes, op.kernels, p)
+
+
+def work_time(hw: HardwareProfile, kind: str, work, p: int):
+    """Seconds for a GPU operation given as (gemms, bytes, kernels), as `advisor.shapes` returns."""
+    gemms, nbytes, kernels = work
+    return gpu_time(hw, kind, gemms, nbytes, kernels, p)

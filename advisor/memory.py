@@ -1,0 +1,93 @@
+"""GPU and host memory a configuration needs, itemised, so limits can be named when they bind.
+
+GPU: resident weights and embeddings, double-buffered weight buffers when any layer streams, the
+resident KV cache, double-buffered KV and activation buffers for offloaded layers (sized for the
+longest context), a prefill workspace and the profile's reserve. Host: exactly what the store
+policy keeps (DESIGN §3 "What is stored") plus streamed weights, all pinned in exactly sized slabs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from advisor import shapes
+from advisor.documents import HardwareProfile, ModelSpec, Workload
+
+HOST_USABLE_FRACTION = 0.9  # leave the OS and the process the rest
+
+
+@dataclass(frozen=True)
+class GpuMemory:
+    weights: int
+    weight_buffers: int
+    resident_kv: int
+    kv_buffers: int
+    workspace: int
+    reserved: int
+
+    @property
+    def total(self) -> int:
+        return (self.weights + self.weight_buffers + self.resident_kv + self.kv_buffers
+                + self.workspace + self.reserved)
+
+
+def resident_kv_bytes_per_layer(model: ModelSpec, workload: Workload, p: int) -> int:
+    return shapes.kv_bytes(model, workload.batch, workload.max_context, p)
+
+
+def gpu_memory(model: ModelSpec, hw: HardwareProfile, workload: Workload, p: int,
+               weights_gpu_layers: int, resident_kv_layers: int, offload: bool) -> GpuMemory:
+    layers = model.num_layers
+    layer_bytes = shapes.layer_weight_bytes(model, p)
+    b = workload.gpu_batch_size
+    resident = layers if not offload else resident_kv_layers
+    kv_buffers = 0
+    if resident < layers:
+        kv_buffers = 2 * (shapes.kv_bytes(model, b, workload.max_context, p)
+                          + shapes.act_bytes(model, b, workload.stored_tokens, p))
+    rows = b * workload.prompt_len
+    up = model.ffn_hidden * (2 if model.activation == "swiglu" else 1)
+    workspace = rows * (3 * model.hidden + 2 * model.kv_dim + up) * p + workload.batch * model.vocab_size * 4
+    return GpuMemory(
+        weights=weights_gpu_layers * layer_bytes + model.embedding_params() * p,
+        weight_buffers=2 * layer_bytes if weights_gpu_layers < layers else 0,
+        resident_kv=resident * resident_kv_bytes_per_layer(model, workload, p),
+        kv_buffers=kv_buffers,
+        workspace=workspace,
+        reserved=hw.gpu_reserved_bytes,
+    )
+
+
+def host_store_bytes(model: ModelSpec, workload: Workload, p: int, offloaded_layers: int,
+                     act_tokens: int, kv_from: int) -> int:
+    """Pinned bytes of the host store: activations of [0, act_tokens), KV of [kv_from, stored)."""
+    kv_tokens = max(workload.stored_tokens - kv_from, 0)
+    per_layer = (shapes.act_bytes(model, workload.batch, act_tokens, p)
+                 + shapes.kv_bytes(model, workload.batch, kv_tokens, p))
+    return offloaded_layers * per_layer
+
+
+def host_weight_bytes(model: ModelSpec, p: int, weights_gpu_layers: int) -> int:
+    return (model.num_layers - weights_gpu_layers) * shapes.layer_weight_bytes(model, p)
+
+
+def host_limit(hw: HardwareProfile) -> int:
+    return int(hw.host_memory_bytes * HOST_USABLE_FRACTION)
+
+
+def max_resident_kv_layers(model: ModelSpec, hw: HardwareProfile, workload: Workload, p: int,
+                           weights_gpu_layers: int, kv_budget_bytes: int | None) -> int:
+    """Most layers whose whole KV fits on the GPU beside everything else (−1: nothing fits)."""
+    per_layer = resident_kv_bytes_per_layer(model, workload, p)
+    for resident in range(model.num_layers, -1, -1):
+        need = gpu_memory(model, hw, workload, p, weights_gpu_layers, resident, True)
+        if need.total > hw.gpu_memory_bytes:
+            continue
+        if kv_budget_bytes is not None and resident * per_layer > kv_budget_bytes:
+            continue
+        return resident
+    return -1
+
+
+def gib(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"

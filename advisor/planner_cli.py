@@ -1,0 +1,82 @@
+"""`advisor plan`: solve for a plan, write it, and print what it decided and why."""
+
+from __future__ import annotations
+
+import json
+
+from advisor.catalog import load_hardware, load_model
+from advisor.documents import Plan, write_document
+from advisor.errors import UserError
+from advisor.scheduler import Request, plan
+
+
+def request_from_args(args) -> Request:
+    model = load_model(args.model)
+    hardware = load_hardware(args.hardware)
+    budget = None if args.gpu_kv_budget is None else int(args.gpu_kv_budget * 1e9)
+    return Request(
+        model=model, hardware=hardware, batch=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len,
+        schedule=args.schedule, objective=args.objective, gpu_batches=args.gpu_batches,
+        weights_on_gpu=args.weights_on_gpu, gpu_kv_budget_bytes=budget, split=args.split,
+        chunks=args.chunks, cost_model=args.cost_model, dtype=args.dtype,
+    )
+
+
+def _ms(seconds: float | None) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.2f} ms"
+
+
+def describe(p: Plan) -> list[str]:
+    """The plan's decisions and predicted figures, one per line."""
+    wl, pred = p.workload, p.predicted
+    splits = sorted(set(p.splits))
+    if not splits:
+        split_text = "no decode steps"
+    elif len(splits) == 1:
+        split_text = f"{splits[0]} tokens recomputed per layer (of {wl.prompt_len}..{wl.max_context - 1})"
+    else:
+        split_text = f"{p.splits[0]} → {p.splits[-1]} tokens, re-planned over {len(splits)} segments as the context grows"
+    lines = [
+        f"model {p.model.name} on {p.hardware.name}: batch {wl.batch} ({wl.gpu_batches} GPU batch(es) of "
+        f"{wl.gpu_batch_size}), prompt {wl.prompt_len}, {wl.gen_len} new tokens, {p.dtype}, "
+        f"{p.schedule} schedule ({p.objective}), {p.cost_model} cost model",
+        f"offloading: {'yes' if p.offload else 'no'}; KV resident on the GPU for {p.resident_kv_layers if p.offload else p.model.num_layers}"
+        f"/{p.model.num_layers} layers; weights on the GPU for {p.weights_gpu_layers}/{p.model.num_layers} layers",
+        f"split: {split_text}; {p.chunks} activation chunk(s) per layer",
+    ]
+    if pred:
+        lines += [
+            f"PCIe per decode step: {pred.pcie_bytes_per_step / 1e9:.3f} GB",
+            f"predicted TTFT {_ms(pred.ttft_s)}, decode step {_ms(pred.decode_step_s)}, "
+            f"{pred.decode_tokens_per_s:.1f} tokens/s",
+            f"memory: GPU {pred.gpu_memory_bytes / 1e9:.2f} GB of {p.hardware.gpu_memory_bytes / 1e9:.2f}; "
+            f"host pinned {pred.host_pinned_bytes / 1e9:.2f} GB of {p.hardware.host_memory_bytes / 1e9:.2f}",
+        ]
+        if pred.baseline_step_s is not None:
+            lines.append(f"full-transfer baseline (split 0, same residency and chunking): "
+                         f"{_ms(pred.baseline_step_s)} per step → speedup {pred.speedup_vs_full_transfer:.3f}×")
+        if pred.resident_step_s is not None and p.offload:
+            lines.append(f"GPU-resident cache (fits): {_ms(pred.resident_step_s)} per step → this plan runs at "
+                         f"{pred.speedup_vs_resident:.3f}× its speed")
+        elif p.offload:
+            lines.append("GPU-resident cache: does not fit on this GPU")
+    lines += [f"note: {note}" for note in p.notes]
+    return lines
+
+
+def cmd_plan(args) -> int:
+    request = request_from_args(args)
+    result = plan(request)
+    try:
+        write_document(args.output, result)
+    except OSError as error:
+        raise UserError(f"{args.output}: cannot write: {error.strerror or error}") from None
+    if args.json:
+        print(json.dumps({"splits": result.splits, "chunks": result.chunks,
+                          "predicted": result.predicted.model_dump() if result.predicted else None,
+                          "notes": result.notes}, indent=1))
+    else:
+        for line in describe(result):
+            print(line)
+        print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,457 @@
+"""The scheduler: choose residency, batching and chunking, then solve a MILP for the splits.
+
+Discrete choices are enumerated outside (GPU batches, weights kept on the GPU, chunks; the
+resident KV share follows as the most layers that fit) and screened with the vectorised cost
+model. For the best choice, a MILP (pulp, HiGHS in-process) finds the integer split of each
+re-planning segment of decode steps: an epigraph per step and layer class for the pipelined
+maximum (or the paper's T_act + max(T_rec, T_kv)), the recompute time linearised piecewise
+(SOS2 with binaries) through breakpoints where it is evaluated exactly, the copy latencies
+switched by binaries, and the host store (activations up to the largest split, KV from the
+smallest) as a linear constraint. `LinearModel.evaluate` computes the same linearised objective
+directly, so tests can check the MILP against brute force.
+
+Grouped-query attention with g ≥ 2 query heads per KV head: an activation is as large as or
+larger than its KV, so recomputation cannot pay; the split is 0 and the plan says why.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pulp
+
+from advisor import memory, shapes
+from advisor.costs import Setup, pcie_bytes_per_step, recompute_time, step_times, sweep, ttft
+from advisor.documents import DTYPE_BYTES, HardwareProfile, ModelSpec, Plan, Predicted, Workload
+from advisor.errors import UserError
+from advisor.plans import make_plan
+from advisor.timemodel import copy_time, work_time
+
+MAX_SEGMENTS = 8
+US = 1e6  # the MILP counts microseconds: solver tolerances (1e-7) are then negligible
+SCREEN_SPLITS = 33
+CHUNK_CHOICES = (1, 2, 4, 8)
+
+
+@dataclass
+class Request:
+    model: ModelSpec
+    hardware: HardwareProfile
+    batch: int
+    prompt_len: int
+    gen_len: int
+    schedule: str | None = None
+    objective: str | None = None
+    gpu_batches: int | None = None
+    weights_on_gpu: float | None = None
+    gpu_kv_budget_bytes: int | None = None
+    split: int | None = None
+    chunks: int | None = None
+    cost_model: str = "pipelined"
+    dtype: str | None = None
+
+    def resolved(self) -> "Request":
+        schedule, objective = self.schedule, self.objective
+        if schedule is None:
+            schedule = "column" if objective == "throughput" else "row"
+        if objective is None:
+            objective = "throughput" if schedule == "column" else "latency"
+        return replace(self, schedule=schedule, objective=objective, dtype=self.dtype or self.model.dtype)
+
+
+@dataclass
+class Candidate:
+    setup: Setup
+    score: float  # seconds per generated token per sequence (lower is better)
+    best_split: int
+
+
+@dataclass
+class Solution:
+    splits: list[int]
+    objective_s: float
+    solve_s: float = 0.0
+    segments: list[tuple[int, int]] = field(default_factory=list)
+
+
+def segments_of(steps: int, max_segments: int = MAX_SEGMENTS) -> list[tuple[int, int]]:
+    """Contiguous [first, last] step ranges that share one split."""
+    if steps == 0:
+        return []
+    count = min(max_segments, steps)
+    bounds = [steps * i // count for i in range(count + 1)]
+    return [(bounds[i], bounds[i + 1] - 1) for i in range(count)]
+
+
+def recompute_pays(model: ModelSpec) -> bool:
+    """An activation (h values) must be smaller than the KV it replaces (2·h_kv values)."""
+    return model.hidden < 2 * model.kv_dim
+
+
+class LinearModel:
+    """The linearised per-segment decode cost the MILP minimises, also evaluable directly."""
+
+    def __init__(self, setup: Setup, segments: list[tuple[int, int]]):
+        self.setup = setup
+        self.segments = segments
+        wl, model, hw, p = setup.workload, setup.model, setup.hw, setup.p
+        b, G = wl.gpu_batch_size, wl.gpu_batches
+        self.G = G
+        self.column = setup.schedule == "column"
+        self.classes = [(c, streamed) for c, offloaded, streamed in setup.layer_classes() if offloaded]
+        self.weights = copy_time(hw.h2d, shapes.layer_weight_bytes(model, p))
+        self.act_per_token = shapes.act_bytes(model, b, 1, p) / hw.h2d.bandwidth_Bps
+        self.kv_per_token = shapes.kv_bytes(model, b, 1, p) / hw.h2d.bandwidth_Bps
+        self.act_latency = setup.chunks * hw.h2d.latency_s
+        self.kv_latency = hw.h2d.latency_s
+        steps = np.arange(wl.decode_steps)
+        context = wl.prompt_len + steps
+        self.context = context
+        fixed = (work_time(hw, "qkv", shapes.qkv_work(model, b, p), p)
+                 + work_time(hw, "mlp", shapes.mlp_work(model, b, p), p)
+                 + work_time(hw, "attention", shapes.decode_attention_work(model, b, context, p), p))
+        self.gpu_fixed = np.broadcast_to(fixed, context.shape).astype(float)
+        self.store = np.where(context < wl.stored_tokens, copy_time(hw.d2h, shapes.kv_bytes(model, b, 1, p)), 0.0)
+        self.breakpoints = [self._breakpoints(wl.context(first)) for first, _ in segments]
+        self.host_fixed = memory.host_weight_bytes(model, p, setup.weights_gpu_layers)
+        self.host_per_act = setup.offloaded_layers * shapes.act_bytes(model, wl.batch, 1, p)
+        self.host_per_kv = setup.offloaded_layers * shapes.kv_bytes(model, wl.batch, 1, p)
+        self.host_limit = memory.host_limit(hw)
+
+    def _breakpoints(self, top: int) -> tuple[np.ndarray, np.ndarray]:
+        chunks = self.setup.chunks
+        xs = set(range(0, min(chunks, top) + 1))
+        xs.update(np.linspace(min(chunks, top), top, 13).round().astype(int).tolist())
+        if top > chunks:
+            xs.update(np.geomspace(max(chunks, 1), top, 6).round().astype(int).tolist())
+        xs = np.array(sorted(xs))
+        return xs, np.asarray(recompute_time(self.setup, xs), dtype=float)
+
+    def upper(self, k: int) -> int:
+        return int(self.context[self.segments[k][0]])
+
+    # --- the linearised cost, evaluated directly --------------------------------------------
+
+    def step_cost(self, t: int, k: int, split: int) -> float:
+        xs, rs = self.breakpoints[k]
+        rec = float(np.interp(split, xs, rs))
+        act = (self.act_latency if split >= 1 else 0.0) + split * self.act_per_token
+        first = t == self.segments[k][0]
+        kv = (0.0 if first and split == self.upper(k) else self.kv_latency) + (self.context[t] - split) * self.kv_per_token
+        gpu = self.gpu_fixed[t] + rec
+        total = 0.0
+        for count, streamed in self.classes:
+            w = self.weights if streamed else 0.0
+            if self.setup.variant == "paper":
+                unit = act + max(rec, kv) + self.gpu_fixed[t]
+                layer = w + self.G * unit if self.column else self.G * (w + unit)
+            elif self.column:
+                layer = max(w + self.G * (act + kv), self.G * gpu, self.G * self.store[t])
+            else:
+                layer = self.G * max(w + act + kv, gpu, self.store[t])
+            total += count * layer
+        return total
+
+    def host_bytes(self, splits: list[int]) -> float:
+        stored = self.setup.workload.stored_tokens
+        return self.host_fixed + self.host_per_act * max(splits) + self.host_per_kv * (stored - min(splits))
+
+    def evaluate(self, splits: list[int]) -> float:
+        """Sum over decode steps of the linearised step cost (inf when the host store overflows)."""
+        if splits and self.host_bytes(splits) > self.host_limit:
+            return math.inf
+        return sum(self.step_cost(t, k, splits[k])
+                   for k, (first, last) in enumerate(self.segments) for t in range(first, last + 1))
+
+    # --- the MILP -----------------------------------------------------------------------------
+
+    def solve(self, allowed_max: int | None = None) -> Solution:
+        prob = pulp.LpProblem("kvpr_splits", pulp.LpMinimize)
+        objective = []
+        splits, act_max, kv_min = [], None, None
+        stored = self.setup.workload.stored_tokens
+        act_max = prob.add_variable("act_max", lowBound=0, upBound=stored)
+        kv_min = prob.add_variable("kv_min", lowBound=0, upBound=stored)
+        for k, (first, last) in enumerate(self.segments):
+            top = self.upper(k) if allowed_max is None else min(self.upper(k), allowed_max)
+            split = prob.add_variable(f"l{k}", lowBound=0, upBound=top, cat="Integer")
+            splits.append(split)
+            prob += act_max >= split
+            prob += kv_min <= split
+            nonzero = prob.add_variable(f"z{k}", cat="Binary")
+            prob += split >= nonzero
+            prob += split <= top * nonzero
+            whole = prob.add_variable(f"y{k}", cat="Binary")  # split == context of the first step
+            prob += split >= self.upper(k) * whole
+            prob += split <= self.upper(k) - 1 + whole
+            xs, rs = self.breakpoints[k]
+            rs = rs * US
+            keep = xs <= top
+            xs, rs = xs[keep], rs[keep]
+            # multiple choice: one interval [x_j, x_j+1] is picked, the split lies in it and
+            # the recompute time is interpolated along it (locally ideal, tight LP relaxation)
+            rec_terms, split_terms, picks = [], [], []
+            for j in range(max(len(xs) - 1, 1)):
+                lo, hi = float(xs[j]), float(xs[min(j + 1, len(xs) - 1)])
+                r_lo, r_hi = float(rs[j]), float(rs[min(j + 1, len(xs) - 1)])
+                pick = prob.add_variable(f"d{k}_{j}", cat="Binary")
+                part = prob.add_variable(f"x{k}_{j}", lowBound=0)
+                prob += part >= lo * pick
+                prob += part <= hi * pick
+                slope = (r_hi - r_lo) / (hi - lo) if hi > lo else 0.0
+                rec_terms.append((r_lo - slope * lo) * pick + slope * part)
+                split_terms.append(part)
+                picks.append(pick)
+            prob += pulp.lpSum(picks) == 1
+            prob += pulp.lpSum(split_terms) == split
+            rec = pulp.lpSum(rec_terms)
+            act = US * self.act_latency * nonzero + US * self.act_per_token * split
+            for t in range(first, last + 1):
+                kv_lat = US * self.kv_latency * (1 - whole) if t == first else US * self.kv_latency
+                kv = kv_lat + US * self.kv_per_token * (float(self.context[t]) - split)
+                for c, (count, streamed) in enumerate(self.classes):
+                    w = US * self.weights if streamed else 0.0
+                    T = prob.add_variable(f"T{t}_{c}")
+                    if self.setup.variant == "paper":
+                        U = prob.add_variable(f"U{t}_{c}")
+                        prob += U >= rec
+                        prob += U >= kv
+                        unit = act + U + US * float(self.gpu_fixed[t])
+                        prob += T == (w + self.G * unit if self.column else self.G * (w + unit))
+                    else:
+                        load = w + self.G * (act + kv) if self.column else self.G * (w + act + kv)
+                        prob += T >= load
+                        prob += T >= self.G * (US * float(self.gpu_fixed[t]) + rec)
+                        if self.store[t] > self.gpu_fixed[t]:  # else implied by the GPU bound
+                            prob += T >= self.G * US * float(self.store[t])
+                    objective.append(count * T)
+        prob += (self.host_fixed + self.host_per_act * act_max
+                 + self.host_per_kv * (stored - kv_min)) <= self.host_limit
+        prob += pulp.lpSum(objective)
+        status = prob.solve(_solver())
+        if prob.status != pulp.LpStatusOptimal or prob.sol_status != pulp.LpSolutionOptimal:
+            raise _NoSolution(pulp.LpStatus.get(status, str(status)))
+        values = [int(round(v.value())) for v in splits]
+        return Solution(splits=values, objective_s=float(pulp.value(prob.objective)) / US, segments=self.segments)
+
+
+class _NoSolution(Exception):
+    pass
+
+
+def _solver():
+    available = pulp.listSolvers(onlyAvailable=True)
+    if "HiGHS" in available:
+        return pulp.HiGHS(msg=False, gapRel=1e-9, threads=1)
+    if "PULP_CBC_CMD" in available:
+        return pulp.PULP_CBC_CMD(msg=False, gapRel=1e-9)
+    raise UserError("no MILP solver: install pulp[highs] (highspy)")
+
+
+def expand(solution: Solution, steps: int) -> list[int]:
+    splits = [0] * steps
+    for (first, last), split in zip(solution.segments, solution.splits):
+        for t in range(first, last + 1):
+            splits[t] = split
+    return splits
+
+
+# ---------------------------------------------------------------------------------------------
+# Enumeration of the discrete choices
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_request(req: Request) -> None:
+    m = req.model
+    if req.prompt_len + req.gen_len - 1 > m.max_positions:
+        raise UserError(
+            f"--prompt-len {req.prompt_len} + --gen-len {req.gen_len} needs {req.prompt_len + req.gen_len - 1} "
+            f"positions; {m.name} has {m.max_positions}: shorten the prompt or the generation"
+        )
+    if req.gpu_batches is not None and req.batch % req.gpu_batches:
+        raise UserError(f"--batch {req.batch} is not a multiple of --gpu-batches {req.gpu_batches}")
+    if req.split is not None and req.split > req.prompt_len:
+        raise UserError(f"--split {req.split} exceeds the prompt ({req.prompt_len} tokens)")
+
+
+def _weight_choices(req: Request) -> list[int]:
+    L = req.model.num_layers
+    if req.weights_on_gpu is not None:
+        return [int(round(req.weights_on_gpu * L))]
+    return sorted({L, (3 * L) // 4, L // 2, L // 4, 0}, reverse=True)
+
+
+def _batch_choices(req: Request) -> list[int]:
+    if req.gpu_batches is not None:
+        return [req.gpu_batches]
+    if req.schedule == "row":
+        return [1]
+    return [g for g in (1, 2, 4, 8, 16, 32) if req.batch % g == 0]
+
+
+def _workload(req: Request, gpu_batches: int) -> Workload:
+    return Workload(batch=req.batch, prompt_len=req.prompt_len, gen_len=req.gen_len,
+                    gpu_batches=gpu_batches, gpu_kv_budget_bytes=req.gpu_kv_budget_bytes)
+
+
+def _fits_resident(req: Request, wl: Workload, p: int) -> bool:
+    need = memory.gpu_memory(req.model, req.hardware, wl, p, req.model.num_layers, req.model.num_layers, False)
+    kv = req.model.num_layers * memory.resident_kv_bytes_per_layer(req.model, wl, p)
+    budget_ok = req.gpu_kv_budget_bytes is None or kv <= req.gpu_kv_budget_bytes
+    return need.total <= req.hardware.gpu_memory_bytes and budget_ok
+
+
+def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
+    """Feasible discrete choices, each scored by the cost model over a grid of splits."""
+    p = DTYPE_BYTES[req.dtype]
+    model, hw = req.model, req.hardware
+    reasons: list[str] = []
+    candidates: list[Candidate] = []
+    pays = recompute_pays(model)
+    chunk_choices = [req.chunks] if req.chunks else list(CHUNK_CHOICES)
+    for G in _batch_choices(req):
+        wl = _workload(req, G)
+        for nw in _weight_choices(req):
+            resident = memory.max_resident_kv_layers(model, hw, wl, p, nw, req.gpu_kv_budget_bytes)
+            if resident < 0:
+                need = memory.gpu_memory(model, hw, wl, p, nw, 0, True)
+                reasons.append(
+                    f"GPU memory: {nw} layers of weights on the GPU and {G} GPU batch(es) need "
+                    f"{memory.gib(need.total)} with no KV resident (weights {memory.gib(need.weights)}, "
+                    f"KV and activation buffers {memory.gib(need.kv_buffers)}, workspace {memory.gib(need.workspace)}, "
+                    f"reserve {memory.gib(need.reserved)}); the GPU has {memory.gib(hw.gpu_memory_bytes)}")
+                continue
+            offload = resident < model.num_layers
+            for chunks in (chunk_choices if offload else [1]):
+                setup = Setup(model, hw, wl, p, req.schedule, chunks, nw, resident, offload, req.cost_model)
+                top = req.prompt_len if pays else 0
+                if req.split is not None:
+                    grid = np.array([req.split])
+                else:
+                    grid = np.unique(np.linspace(0, top, SCREEN_SPLITS).round().astype(int))
+                lin = LinearModel(setup, [(0, max(wl.decode_steps - 1, 0))]) if offload else None
+                host_ok = [lin is None or lin.host_bytes([int(l)]) <= lin.host_limit for l in grid]
+                if not any(host_ok):
+                    smallest = min(lin.host_bytes([int(l)]) for l in grid)
+                    reasons.append(
+                        f"host memory: the pinned store and streamed weights need at least "
+                        f"{memory.gib(smallest)}; the host allows {memory.gib(memory.host_limit(hw))} "
+                        f"(90% of {memory.gib(hw.host_memory_bytes)})")
+                    continue
+                if wl.decode_steps:
+                    times = sweep(setup, grid)
+                    times = np.where(host_ok, times, np.inf)
+                    best = int(np.argmin(times))
+                    score = float(times[best]) / req.batch
+                else:
+                    best, score = 0, ttft(setup)
+                candidates.append(Candidate(setup, score, int(grid[best])))
+    return candidates, reasons
+
+
+def solve_splits(setup: Setup, forced: int | None = None) -> Solution:
+    """Per-segment splits by MILP (or the forced / GQA answer), with the solve time."""
+    import time
+
+    steps = setup.workload.decode_steps
+    if steps == 0:
+        return Solution(splits=[], objective_s=0.0)
+    if not setup.offload:
+        return Solution(splits=[0], objective_s=0.0, segments=[(0, steps - 1)])
+    if forced is not None or not recompute_pays(setup.model):
+        split = forced or 0
+        return Solution(splits=[split], objective_s=0.0, segments=[(0, steps - 1)])
+    lin = LinearModel(setup, segments_of(steps))
+    start = time.perf_counter()
+    try:
+        solution = lin.solve()
+    except _NoSolution as error:
+        raise UserError(f"no feasible split: the MILP reports {error}; the host store may not fit") from None
+    solution.solve_s = time.perf_counter() - start
+    return solution
+
+
+def plan(req: Request) -> Plan:
+    """The best plan for a request, with its predicted figures and baselines."""
+    req = req.resolved()
+    _check_request(req)
+    p = DTYPE_BYTES[req.dtype]
+    notes: list[str] = []
+    if not recompute_pays(req.model):
+        notes.append(
+            f"recomputation cannot pay: {req.model.name} has {req.model.gqa_group} query heads per KV head, "
+            f"so an activation ({req.model.hidden} values) is at least as large as its KV "
+            f"({2 * req.model.kv_dim} values); split 0 (full KV transfer)")
+
+    wl1 = _workload(req, _batch_choices(req)[0])
+    if req.weights_on_gpu in (None, 1.0) and _fits_resident(req, wl1, p):
+        setup = Setup(req.model, req.hardware, wl1, p, req.schedule, 1, req.model.num_layers,
+                      req.model.num_layers, False, req.cost_model)
+        notes.append("no offloading needed: the whole KV cache fits on the GPU beside the weights"
+                     + ("" if req.gpu_kv_budget_bytes is None else " within --gpu-kv-budget"))
+        return _finish(req, setup, [0] * wl1.decode_steps, notes, solve_s=0.0)
+
+    candidates, reasons = enumerate_candidates(req)
+    if not candidates:
+        advice = ("lower --batch, --prompt-len or --gen-len, keep fewer weights on the GPU (--weights-on-gpu), "
+                  "or choose hardware with more memory")
+        binding = reasons[-1] if reasons else "no configuration fits"
+        raise UserError(f"the plan cannot fit: {binding}; {advice}")
+    best = min(candidates, key=lambda c: c.score)
+    solution = solve_splits(best.setup, req.split)
+    splits = expand(solution, best.setup.workload.decode_steps)
+    return _finish(req, best.setup, splits, notes, solve_s=solution.solve_s)
+
+
+def _finish(req: Request, setup: Setup, splits: list[int], notes: list[str], solve_s: float) -> Plan:
+    draft = make_plan(
+        setup.model, setup.hw, setup.workload, splits=splits, chunks=setup.chunks,
+        schedule=req.schedule, objective=req.objective, dtype=req.dtype,
+        weights_gpu_layers=setup.weights_gpu_layers, resident_kv_layers=setup.resident_kv_layers,
+        offload=setup.offload, cost_model=req.cost_model, notes=notes,
+        provenance={"solver": "pulp/HiGHS MILP" if solve_s else "closed form",
+                    "solve_s": f"{solve_s:.4f}", "segments": str(len(set(splits)))},
+    )
+    draft.predicted = predict(draft, req)
+    return draft
+
+
+def predict(plan: Plan, req: Request | None = None) -> Predicted:
+    """The plan's figures from the cost model, with its full-transfer and resident baselines."""
+    setup = Setup.from_plan(plan)
+    wl, p = plan.workload, setup.p
+    times = step_times(setup, plan.splits) if wl.decode_steps else np.zeros(0)
+    mean = float(times.mean()) if len(times) else 0.0
+    gpu = memory.gpu_memory(plan.model, plan.hardware, wl, p, plan.weights_gpu_layers,
+                            plan.resident_kv_layers, plan.offload)
+    store = memory.host_store_bytes(plan.model, wl, p, plan.offloaded_layers if plan.offload else 0,
+                                    plan.store.act_tokens, plan.store.kv_from) if plan.offload else 0
+    host = store + memory.host_weight_bytes(plan.model, p, plan.weights_gpu_layers)
+    baseline = None
+    if plan.offload and wl.decode_steps:
+        base = replace(setup, act_tokens=0, kv_from=0)
+        baseline = float(step_times(base, [0] * wl.decode_steps).mean())
+    resident = None
+    if wl.decode_steps:
+        full = Setup(plan.model, plan.hardware, wl, p, plan.schedule, 1, plan.model.num_layers,
+                     plan.model.num_layers, False, plan.cost_model)
+        fits = memory.gpu_memory(plan.model, plan.hardware, wl, p, plan.model.num_layers,
+                                 plan.model.num_layers, False).total <= plan.hardware.gpu_memory_bytes
+        if fits:
+            resident = float(step_times(full, [0] * wl.decode_steps).mean())
+    return Predicted(
+        ttft_s=ttft(setup),
+        step_times_s=[float(t) for t in times],
+        decode_step_s=mean,
+        decode_tokens_per_s=wl.batch / mean if mean else 0.0,
+        pcie_bytes_per_step=pcie_bytes_per_step(setup, plan.splits),
+        gpu_memory_bytes=gpu.total,
+        host_memory_bytes=host,
+        host_pinned_bytes=host,
+        baseline_step_s=baseline,
+        speedup_vs_full_transfer=baseline / mean if baseline and mean else None,
+        resident_step_s=resident,
+        speedup_vs_resident=resident / mean if resident and mean else None,
+    )

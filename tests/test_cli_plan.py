@@ -1,0 +1,76 @@
+"""`advisor plan` and friends from the command line: outputs, and bad input refused cleanly."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advisor.cli import main
+from advisor.documents import Plan, load_document
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE = ["plan", "--model", "opt-6.7b", "--hardware", "h100-pcie5", "--batch", "8", "--prompt-len", "2000",
+        "--gen-len", "8", "--gpu-kv-budget", "0"]
+
+
+def test_plan_writes_a_valid_plan_and_prints_the_figures(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(BASE + ["-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    plan = load_document(Plan, out)
+    assert plan.splits and min(plan.splits) > 1000
+    for words in ("split:", "PCIe per decode step", "predicted TTFT", "tokens/s", "GPU", "host pinned",
+                  "speedup"):
+        assert words in printed
+
+
+def test_python_dash_m_works_from_the_source_tree_without_installation(tmp_path):
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    result = subprocess.run([sys.executable, "-m", "advisor", "list", "hardware"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "h100-pcie5" in result.stdout and "kvpr-paper" in result.stdout
+
+
+def test_schema_prints_the_committed_schema(capsys):
+    assert main(["schema", "plan"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads((ROOT / "advisor" / "schemas" / "plan.json").read_text())
+
+
+@pytest.mark.parametrize("change, message", [
+    (["--model", "opt-unknown"], "unknown model 'opt-unknown'"),
+    (["--hardware", "nope"], "unknown hardware profile 'nope'"),
+    (["--prompt-len", "2048"], "positions"),
+    (["--batch", "4096", "--weights-on-gpu", "1"], "cannot fit"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, change, message):
+    out = tmp_path / "plan.json"
+    args = BASE + change + ["-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not out.exists()
+
+
+def test_negative_batch_is_refused_by_the_parser(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    with pytest.raises(SystemExit) as stop:
+        main(BASE[:5] + ["--batch", "-3"] + BASE[7:] + ["-o", str(out)])
+    assert stop.value.code == 2
+    assert "must be positive" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_malformed_hardware_file_is_named_per_field(tmp_path, capsys):
+    bad = tmp_path / "hw.json"
+    bad.write_text(json.dumps({"schema_version": 1, "name": "x"}))
+    out = tmp_path / "plan.json"
+    args = BASE[:3] + ["--hardware", str(bad)] + BASE[5:] + ["-o", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 5 and all(str(bad) in line for line in err)
+    assert any("device_kind: Field required" in line for line in err)
+    assert not out.exists()

@@ -1,0 +1,93 @@
+"""Documents: committed schemas match the code, bad documents give one line per problem."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from advisor.catalog import available, load_hardware, load_model, model_from_hf_config
+from advisor.documents import DOCUMENT_TYPES, HardwareProfile, Plan, json_schema, load_document
+from advisor.errors import UserError
+
+SCHEMAS = Path(__file__).resolve().parent.parent / "advisor" / "schemas"
+
+
+@pytest.mark.parametrize("name", sorted(DOCUMENT_TYPES))
+def test_committed_schema_matches_the_code(name):
+    committed = json.loads((SCHEMAS / f"{name}.json").read_text())
+    assert committed == json_schema(name), (
+        f"advisor/schemas/{name}.json is stale: regenerate with `python -m advisor schema {name}`")
+
+
+def test_every_shipped_profile_loads():
+    assert len(available("models")) >= 18 and len(available("hardware")) >= 8
+    for _, name, _ in available("models"):
+        model = load_model(name)
+        assert model.num_heads * model.head_dim == model.hidden
+    for _, name, _ in available("hardware"):
+        hw = load_hardware(name)
+        assert hw.provenance.source, f"{name} names no source"
+
+
+def test_h100_profile_is_fitted_to_the_reference_points():
+    hw = load_hardware("h100-pcie5")
+    for point in hw.h2d.points:
+        predicted = hw.h2d.latency_s + point.bytes / hw.h2d.bandwidth_Bps
+        assert abs(predicted / point.seconds - 1) < 0.03
+    # 1 MiB at ~38 GB/s and 1 GiB at ~55 GB/s, as measured
+    assert 37e9 < (1 << 20) / (hw.h2d.latency_s + (1 << 20) / hw.h2d.bandwidth_Bps) < 39e9
+
+
+def test_bad_document_gives_one_line_per_problem(tmp_path):
+    good = json.loads(load_hardware("kvpr-paper").model_dump_json())
+    good["launch_overhead_s"] = -1
+    good["gpu_memory_bytes"] = "lots"
+    good["surprise"] = 1
+    path = tmp_path / "hw.json"
+    path.write_text(json.dumps(good))
+    with pytest.raises(UserError) as caught:
+        load_document(HardwareProfile, path)
+    lines = caught.value.lines
+    assert len(lines) == 3
+    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert any("launch_overhead_s" in line for line in lines)
+    assert any("surprise" in line for line in lines)
+
+
+def test_wrong_schema_version_is_named(tmp_path):
+    data = json.loads(load_hardware("kvpr-paper").model_dump_json())
+    data["schema_version"] = 7
+    path = tmp_path / "hw.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match="schema_version: is 7"):
+        load_document(HardwareProfile, path)
+
+
+def test_not_json_and_missing_file(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text("{not json")
+    with pytest.raises(UserError, match="not JSON"):
+        load_document(Plan, path)
+    with pytest.raises(UserError, match="cannot read"):
+        load_document(Plan, tmp_path / "absent.json")
+
+
+def test_model_from_hugging_face_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+        "num_hidden_layers": 32, "intermediate_size": 14336, "vocab_size": 128256,
+        "max_position_embeddings": 8192, "rope_theta": 500000.0, "torch_dtype": "bfloat16",
+    }))
+    spec = model_from_hf_config(tmp_path)
+    shipped = load_model("llama-3-8b")
+    for field in ("num_layers", "hidden", "num_heads", "num_kv_heads", "ffn_hidden", "vocab_size", "rope_theta"):
+        assert getattr(spec, field) == getattr(shipped, field)
+    assert spec.dtype == "bf16" and spec.gqa_group == 4
+
+
+def test_parameter_count_matches_published_sizes():
+    # OPT-6.7B has 6.66e9 parameters, Llama-2-7B 6.74e9, Llama-3-8B 8.03e9
+    for name, published in (("opt-6.7b", 6.66e9), ("llama-2-7b", 6.74e9), ("llama-3-8b", 8.03e9)):
+        m = load_model(name)
+        total = m.num_layers * m.layer_params() + m.embedding_params()
+        assert abs(total / published - 1) < 0.01, (name, total)
