@@ -208,6 +208,9 @@ def model_specs() -> list[ModelSpec]:
         opt("opt-1.3b", 24, 2048, 32),
         opt("opt-2.7b", 32, 2560, 32),
         opt("opt-6.7b", 32, 4096, 32),
+        opt("opt-6.7b-8k", 32, 4096, 32, max_positions=8192,
+            source="OPT-6.7B shapes with 8192 learned positions: for shape studies and benchmarks of long "
+                   "contexts; no published checkpoint has them"),
         opt("opt-13b", 40, 5120, 40),
         opt("opt-30b", 48, 7168, 56),
         opt("opt-66b", 64, 9216, 72),
