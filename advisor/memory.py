@@ -77,16 +77,30 @@ def host_limit(hw: HardwareProfile) -> int:
 
 def max_resident_kv_layers(model: ModelSpec, hw: HardwareProfile, workload: Workload, p: int,
                            weights_gpu_layers: int, kv_budget_bytes: int | None) -> int:
-    """Most layers whose whole KV fits on the GPU beside everything else (−1: nothing fits)."""
+    """Most layers whose whole KV fits on the GPU beside everything else (−1: nothing fits).
+
+    GPU memory grows by one layer's KV per resident layer (and loses the offload buffers when all
+    layers are resident), so the answer is a division, checked against `gpu_memory` itself.
+    """
+    layers = model.num_layers
     per_layer = resident_kv_bytes_per_layer(model, workload, p)
-    for resident in range(model.num_layers, -1, -1):
-        need = gpu_memory(model, hw, workload, p, weights_gpu_layers, resident, True)
-        if need.total > hw.gpu_memory_bytes:
-            continue
-        if kv_budget_bytes is not None and resident * per_layer > kv_budget_bytes:
-            continue
-        return resident
-    return -1
+
+    def fits(resident: int) -> bool:
+        need = gpu_memory(model, hw, workload, p, weights_gpu_layers, resident, True).total
+        budget_ok = kv_budget_bytes is None or resident * per_layer <= kv_budget_bytes
+        return need <= hw.gpu_memory_bytes and budget_ok
+
+    if fits(layers):
+        return layers
+    if not fits(0):
+        return -1
+    spare = hw.gpu_memory_bytes - gpu_memory(model, hw, workload, p, weights_gpu_layers, 0, True).total
+    resident = min(layers - 1, spare // per_layer if per_layer else layers - 1)
+    if kv_budget_bytes is not None and per_layer:
+        resident = min(resident, kv_budget_bytes // per_layer)
+    while resident > 0 and not fits(resident):
+        resident -= 1
+    return int(resident)
 
 
 def gib(n: float) -> str:

@@ -93,7 +93,9 @@ def recompute_pays(model: ModelSpec) -> bool:
 class LinearModel:
     """The linearised per-segment decode cost the MILP minimises, also evaluable directly."""
 
-    def __init__(self, setup: Setup, segments: list[tuple[int, int]]):
+    def __init__(self, setup: Setup, segments: list[tuple[int, int]],
+                 windows: list[tuple[int, int]] | None = None):
+        """`windows`: per segment, the [low, high] range the split may take (default: all of it)."""
         self.setup = setup
         self.segments = segments
         wl, model, hw, p = setup.workload, setup.model, setup.hw, setup.p
@@ -114,19 +116,23 @@ class LinearModel:
                  + work_time(hw, "attention", shapes.decode_attention_work(model, b, context, p), p))
         self.gpu_fixed = np.broadcast_to(fixed, context.shape).astype(float)
         self.store = np.where(context < wl.stored_tokens, copy_time(hw.d2h, shapes.kv_bytes(model, b, 1, p)), 0.0)
-        self.breakpoints = [self._breakpoints(wl.context(first)) for first, _ in segments]
+        self.windows = windows or [(0, wl.context(first)) for first, _ in segments]
+        self.breakpoints = [self._breakpoints(lo, hi) for lo, hi in self.windows]
         self.host_fixed = memory.host_weight_bytes(model, p, setup.weights_gpu_layers)
         self.host_per_act = setup.offloaded_layers * shapes.act_bytes(model, wl.batch, 1, p)
         self.host_per_kv = setup.offloaded_layers * shapes.kv_bytes(model, wl.batch, 1, p)
         self.host_limit = memory.host_limit(hw)
 
-    def _breakpoints(self, top: int) -> tuple[np.ndarray, np.ndarray]:
+    def _breakpoints(self, low: int, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """Splits where the recompute time is evaluated exactly: every split up to the chunk
+        count (where the chunking changes), then evenly and geometrically spaced ones."""
         chunks = self.setup.chunks
-        xs = set(range(0, min(chunks, top) + 1))
-        xs.update(np.linspace(min(chunks, top), top, 13).round().astype(int).tolist())
-        if top > chunks:
-            xs.update(np.geomspace(max(chunks, 1), top, 6).round().astype(int).tolist())
-        xs = np.array(sorted(xs))
+        xs = {x for x in range(0, min(chunks, top) + 1) if x >= low}
+        start = max(low, min(chunks, top))
+        xs.update(np.linspace(start, top, 13).round().astype(int).tolist())
+        if top > start:
+            xs.update(np.geomspace(max(start, 1), top, 6).round().astype(int).tolist())
+        xs = np.array(sorted(x for x in xs if low <= x <= top))
         return xs, np.asarray(recompute_time(self.setup, xs), dtype=float)
 
     def upper(self, k: int) -> int:
@@ -175,8 +181,10 @@ class LinearModel:
         act_max = prob.add_variable("act_max", lowBound=0, upBound=stored)
         kv_min = prob.add_variable("kv_min", lowBound=0, upBound=stored)
         for k, (first, last) in enumerate(self.segments):
-            top = self.upper(k) if allowed_max is None else min(self.upper(k), allowed_max)
-            split = prob.add_variable(f"l{k}", lowBound=0, upBound=top, cat="Integer")
+            low, top = self.windows[k]
+            if allowed_max is not None:
+                top = min(top, allowed_max)
+            split = prob.add_variable(f"l{k}", lowBound=low, upBound=top, cat="Integer")
             splits.append(split)
             prob += act_max >= split
             prob += kv_min <= split
@@ -208,25 +216,59 @@ class LinearModel:
             prob += pulp.lpSum(split_terms) == split
             rec = pulp.lpSum(rec_terms)
             act = US * self.act_latency * nonzero + US * self.act_per_token * split
+            upper = self.upper(k)
+
+            def act_at(l):
+                return US * (self.act_latency * (l >= 1) + self.act_per_token * l)
+
+            def kv_at(l, t):
+                latency = 0.0 if (t == first and l == upper) else self.kv_latency
+                return US * (latency + self.kv_per_token * (self.context[t] - l))
+
+            def rec_at(l):
+                return float(np.interp(l, xs, rs))
+
+            ends = sorted({low, max(low, 1), top})
             for t in range(first, last + 1):
                 kv_lat = US * self.kv_latency * (1 - whole) if t == first else US * self.kv_latency
                 kv = kv_lat + US * self.kv_per_token * (float(self.context[t]) - split)
+                fixed = US * float(self.gpu_fixed[t])
+                store = US * float(self.store[t])
                 for c, (count, streamed) in enumerate(self.classes):
                     w = US * self.weights if streamed else 0.0
-                    T = prob.add_variable(f"T{t}_{c}")
                     if self.setup.variant == "paper":
-                        U = prob.add_variable(f"U{t}_{c}")
-                        prob += U >= rec
-                        prob += U >= kv
-                        unit = act + U + US * float(self.gpu_fixed[t])
-                        prob += T == (w + self.G * unit if self.column else self.G * (w + unit))
+                        # U = max(rec, kv); kv − rec falls with the split, so one side may win throughout
+                        gap = [kv_at(l, t) - rec_at(l) for l in (low, top)]
+                        if gap[1] >= 0:
+                            U = kv
+                        elif gap[0] <= 0:
+                            U = rec
+                        else:
+                            U = prob.add_variable(f"U{t}_{c}")
+                            prob += U >= rec
+                            prob += U >= kv
+                        unit = act + U + fixed
+                        objective.append(count * (w + self.G * unit if self.column else self.G * (w + unit)))
+                        continue
+                    if self.column:
+                        load, load_at = w + self.G * (act + kv), lambda l: w + self.G * (act_at(l) + kv_at(l, t))
                     else:
-                        load = w + self.G * (act + kv) if self.column else self.G * (w + act + kv)
+                        load, load_at = self.G * (w + act + kv), lambda l: self.G * (w + act_at(l) + kv_at(l, t))
+                    gpu, gpu_at = self.G * (fixed + rec), lambda l: self.G * (fixed + rec_at(l))
+                    # load − gpu falls with the split on [1, top]; check the window's ends (and 0)
+                    gap = [load_at(l) - gpu_at(l) for l in ends]
+                    writeback = self.G * store
+                    if min(gap) >= 0 and all(load_at(l) >= writeback for l in ends):
+                        objective.append(count * load)
+                    elif max(gap) <= 0 and all(gpu_at(l) >= writeback for l in ends):
+                        objective.append(count * gpu)
+                    else:
+                        T = prob.add_variable(f"T{t}_{c}")
                         prob += T >= load
-                        prob += T >= self.G * (US * float(self.gpu_fixed[t]) + rec)
-                        if self.store[t] > self.gpu_fixed[t]:  # else implied by the GPU bound
-                            prob += T >= self.G * US * float(self.store[t])
-                    objective.append(count * T)
+                        prob += T >= gpu
+                        if store > fixed:  # else implied by the GPU bound
+                            prob += T >= writeback
+                        objective.append(count * T)
         prob += (self.host_fixed + self.host_per_act * act_max
                  + self.host_per_kv * (stored - kv_min)) <= self.host_limit
         prob += pulp.lpSum(objective)
@@ -303,14 +345,42 @@ def _fits_resident(req: Request, wl: Workload, p: int) -> bool:
     return need.total <= req.hardware.gpu_memory_bytes and budget_ok
 
 
+def _score(req: Request, setup: Setup, reasons: list[str]) -> Candidate | None:
+    """The candidate's best cost over a grid of splits, or None when the host store cannot fit."""
+    wl, hw, p = setup.workload, setup.hw, setup.p
+    top = req.prompt_len if recompute_pays(setup.model) else 0
+    if req.split is not None:
+        grid = np.array([req.split])
+    else:
+        grid = np.unique(np.linspace(0, top, SCREEN_SPLITS).round().astype(int))
+    host = (memory.host_weight_bytes(setup.model, p, setup.weights_gpu_layers)
+            + np.array([memory.host_store_bytes(setup.model, wl, p, setup.offloaded_layers, int(l), int(l))
+                        for l in grid]))
+    host_ok = host <= memory.host_limit(hw)
+    if not host_ok.any():
+        reasons.append(
+            f"host memory: the pinned store and streamed weights need at least {memory.gib(host.min())}; "
+            f"the host allows {memory.gib(memory.host_limit(hw))} (90% of {memory.gib(hw.host_memory_bytes)})")
+        return None
+    if not wl.decode_steps:
+        return Candidate(setup, ttft(setup), int(grid[0]))
+    times = np.where(host_ok, sweep(setup, grid), np.inf)
+    best = int(np.argmin(times))
+    return Candidate(setup, float(times[best]) / req.batch, int(grid[best]))
+
+
 def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
-    """Feasible discrete choices, each scored by the cost model over a grid of splits."""
+    """Feasible discrete choices, scored by the cost model over a grid of splits.
+
+    GPU batches and weight placement are screened at the middle chunk count; the chunk count is
+    then chosen for the best of them.
+    """
     p = DTYPE_BYTES[req.dtype]
     model, hw = req.model, req.hardware
     reasons: list[str] = []
     candidates: list[Candidate] = []
-    pays = recompute_pays(model)
     chunk_choices = [req.chunks] if req.chunks else list(CHUNK_CHOICES)
+    screen_chunks = chunk_choices[len(chunk_choices) // 2]
     for G in _batch_choices(req):
         wl = _workload(req, G)
         for nw in _weight_choices(req):
@@ -324,34 +394,43 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
                     f"reserve {memory.gib(need.reserved)}); the GPU has {memory.gib(hw.gpu_memory_bytes)}")
                 continue
             offload = resident < model.num_layers
-            for chunks in (chunk_choices if offload else [1]):
-                setup = Setup(model, hw, wl, p, req.schedule, chunks, nw, resident, offload, req.cost_model)
-                top = req.prompt_len if pays else 0
-                if req.split is not None:
-                    grid = np.array([req.split])
-                else:
-                    grid = np.unique(np.linspace(0, top, SCREEN_SPLITS).round().astype(int))
-                lin = LinearModel(setup, [(0, max(wl.decode_steps - 1, 0))]) if offload else None
-                host_ok = [lin is None or lin.host_bytes([int(l)]) <= lin.host_limit for l in grid]
-                if not any(host_ok):
-                    smallest = min(lin.host_bytes([int(l)]) for l in grid)
-                    reasons.append(
-                        f"host memory: the pinned store and streamed weights need at least "
-                        f"{memory.gib(smallest)}; the host allows {memory.gib(memory.host_limit(hw))} "
-                        f"(90% of {memory.gib(hw.host_memory_bytes)})")
-                    continue
-                if wl.decode_steps:
-                    times = sweep(setup, grid)
-                    times = np.where(host_ok, times, np.inf)
-                    best = int(np.argmin(times))
-                    score = float(times[best]) / req.batch
-                else:
-                    best, score = 0, ttft(setup)
-                candidates.append(Candidate(setup, score, int(grid[best])))
+            setup = Setup(model, hw, wl, p, req.schedule, screen_chunks if offload else 1, nw, resident,
+                          offload, req.cost_model)
+            candidate = _score(req, setup, reasons)
+            if candidate:
+                candidates.append(candidate)
+    if candidates and len(chunk_choices) > 1:
+        best = min(candidates, key=lambda c: c.score)
+        if best.setup.offload:
+            for chunks in chunk_choices:
+                if chunks != best.setup.chunks:
+                    candidate = _score(req, replace(best.setup, chunks=chunks), reasons)
+                    if candidate:
+                        candidates.append(candidate)
     return candidates, reasons
 
 
-def solve_splits(setup: Setup, forced: int | None = None) -> Solution:
+def screen_windows(setup: Setup, segments: list[tuple[int, int]], screened: int | None) -> list[tuple[int, int]] | None:
+    """Per segment, the split range around the screened optimum (scaled with the context).
+
+    The decode cost over the split is unimodal per layer (transfer falls, GPU work rises), so the
+    optimum lies within a grid step or two of the best grid point; the window keeps the MILP small.
+    """
+    if screened is None:
+        return None
+    prompt = setup.workload.prompt_len
+    fraction = screened / prompt
+    half = max(2 * math.ceil(prompt / (SCREEN_SPLITS - 1)), 16)
+    windows = []
+    for first, last in segments:
+        top = setup.workload.context(first)
+        grown = setup.workload.context(last) - prompt
+        centre = round(fraction * top)
+        windows.append((max(0, centre - half), min(top, centre + half + grown)))
+    return windows
+
+
+def solve_splits(setup: Setup, forced: int | None = None, screened: int | None = None) -> Solution:
     """Per-segment splits by MILP (or the forced / GQA answer), with the solve time."""
     import time
 
@@ -363,7 +442,8 @@ def solve_splits(setup: Setup, forced: int | None = None) -> Solution:
     if forced is not None or not recompute_pays(setup.model):
         split = forced or 0
         return Solution(splits=[split], objective_s=0.0, segments=[(0, steps - 1)])
-    lin = LinearModel(setup, segments_of(steps))
+    segments = segments_of(steps)
+    lin = LinearModel(setup, segments, screen_windows(setup, segments, screened))
     start = time.perf_counter()
     try:
         solution = lin.solve()
@@ -400,7 +480,7 @@ def plan(req: Request) -> Plan:
         binding = reasons[-1] if reasons else "no configuration fits"
         raise UserError(f"the plan cannot fit: {binding}; {advice}")
     best = min(candidates, key=lambda c: c.score)
-    solution = solve_splits(best.setup, req.split)
+    solution = solve_splits(best.setup, req.split, best.best_split)
     splits = expand(solution, best.setup.workload.decode_steps)
     return _finish(req, best.setup, splits, notes, solve_s=solution.solve_s)
 

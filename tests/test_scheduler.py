@@ -169,3 +169,21 @@ def test_host_memory_limit_binds_the_splits(opt67, h100):
     assert linear.host_bytes(bound.splits) <= linear.host_limit
     assert max(bound.splits) <= 2010
     assert free_cost <= linear.evaluate(bound.splits) < float("inf")
+
+
+@pytest.mark.parametrize("model, batch, prompt, gen, schedule", [
+    ("opt-6.7b", 8, 1900, 40, "row"),
+    ("opt-30b", 64, 1024, 32, "column"),
+    ("opt-13b", 16, 1500, 20, "row"),
+])
+def test_windowed_solve_in_plan_equals_the_full_range_milp(h100, model, batch, prompt, gen, schedule):
+    """`plan` bounds each segment's split near the screened optimum; that must not change the answer."""
+    result = plan(Request(load_model(model), h100, batch, prompt, gen, schedule=schedule, gpu_kv_budget_bytes=0))
+    setup = Setup.from_plan(result)
+    setup = setup.__class__(**{**setup.__dict__, "act_tokens": None, "kv_from": None})
+    segments = segments_of(gen - 1)
+    full = LinearModel(setup, segments).solve()
+    expected = [split for (first, last), split in zip(segments, full.splits) for _ in range(first, last + 1)]
+    linear = LinearModel(setup, segments)
+    assert linear.evaluate(result_splits := [result.splits[first] for first, _ in segments]) == \
+        pytest.approx(linear.evaluate(full.splits), rel=1e-9), (result_splits, full.splits, expected)
