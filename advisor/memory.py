@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from advisor import shapes
 from advisor.documents import HardwareProfile, ModelSpec, Workload
 
@@ -60,8 +62,10 @@ def gpu_memory(model: ModelSpec, hw: HardwareProfile, workload: Workload, p: int
 
 def host_store_bytes(model: ModelSpec, workload: Workload, p: int, offloaded_layers: int,
                      act_tokens: int, kv_from: int) -> int:
-    """Pinned bytes of the host store: activations of [0, act_tokens), KV of [kv_from, stored)."""
-    kv_tokens = max(workload.stored_tokens - kv_from, 0)
+    """Pinned bytes of the host store: activations of [0, act_tokens), KV of [kv_from, stored).
+
+    `act_tokens` and `kv_from` may be numpy arrays (the scheduler screens many splits at once)."""
+    kv_tokens = np.maximum(workload.stored_tokens - kv_from, 0)
     per_layer = (shapes.act_bytes(model, workload.batch, act_tokens, p)
                  + shapes.kv_bytes(model, workload.batch, kv_tokens, p))
     return offloaded_layers * per_layer

@@ -354,8 +354,7 @@ def _score(req: Request, setup: Setup, reasons: list[str]) -> Candidate | None:
     else:
         grid = np.unique(np.linspace(0, top, SCREEN_SPLITS).round().astype(int))
     host = (memory.host_weight_bytes(setup.model, p, setup.weights_gpu_layers)
-            + np.array([memory.host_store_bytes(setup.model, wl, p, setup.offloaded_layers, int(l), int(l))
-                        for l in grid]))
+            + memory.host_store_bytes(setup.model, wl, p, setup.offloaded_layers, grid, grid))
     host_ok = host <= memory.host_limit(hw)
     if not host_ok.any():
         reasons.append(
@@ -508,7 +507,7 @@ def predict(plan: Plan, req: Request | None = None) -> Predicted:
                             plan.resident_kv_layers, plan.offload)
     store = memory.host_store_bytes(plan.model, wl, p, plan.offloaded_layers if plan.offload else 0,
                                     plan.store.act_tokens, plan.store.kv_from) if plan.offload else 0
-    host = store + memory.host_weight_bytes(plan.model, p, plan.weights_gpu_layers)
+    host = int(store) + memory.host_weight_bytes(plan.model, p, plan.weights_gpu_layers)
     baseline = None
     if plan.offload and wl.decode_steps:
         base = replace(setup, act_tokens=0, kv_from=0)
