@@ -393,6 +393,8 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
                     f"reserve {memory.gib(need.reserved)}); the GPU has {memory.gib(hw.gpu_memory_bytes)}")
                 continue
             offload = resident < model.num_layers
+            if not offload and req.split is not None:
+                continue  # a forced split asks what offloading with it does
             setup = Setup(model, hw, wl, p, req.schedule, screen_chunks if offload else 1, nw, resident,
                           offload, req.cost_model)
             candidate = _score(req, setup, reasons)

@@ -1,1 +1,1 @@
-"""Package placeholder; filled in by its issue."""
+"""`advisor tui`: a Textual app to explore plans (see `tui.app`)."""

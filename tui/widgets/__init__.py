@@ -1,1 +1,1 @@
-"""Package placeholder; filled in by its issue."""
+"""The TUI's views: figures, split chart, timeline, notice, predicted-vs-measured table."""

@@ -1,0 +1,298 @@
+"""`advisor tui` driven with Textual's Pilot from the screen's default focus: the split keys move the
+split and the figures follow, `o` lands where `advisor plan` does, `e` exports what `advisor plan`
+writes, a GQA model and a plan that cannot fit are explained, bad files are refused cleanly, and a
+measured trace is set against the prediction per lane."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from advisor.cli import main
+from advisor.documents import Plan, Trace, TraceRecord, load_document, write_document
+from textual.widgets import Input, Select
+from tui.app import AdvisorApp, MeasuredScreen
+from tui.explore import Inputs
+
+SIZE = (150, 45)
+DEFAULT_ARGS = ["--model", "opt-6.7b-8k", "--hardware", "h100-pcie5", "--batch", "32", "--prompt-len", "4096",
+                "--gen-len", "128"]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def without_provenance(path: Path) -> dict:
+    data = json.loads(Path(path).read_text())
+    data.pop("provenance")
+    return data
+
+
+def advisor_plan(tmp_path: Path, *extra: str, name: str = "cli-plan.json") -> Path:
+    out = tmp_path / name
+    assert main(["plan", *DEFAULT_ARGS, *extra, "-o", str(out)]) == 0
+    return out
+
+
+def shown(app) -> dict:
+    return app.main.query_one("#figures").shown
+
+
+def test_split_keys_work_from_the_default_focus_and_change_the_figures(tmp_path):
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            assert app.focused is app.main.query_one("#chart")
+            start = dict(shown(app))
+            assert start["mode"] == "LP optimum" and start["split"] == 4096
+            await pilot.press("left_square_bracket")
+            assert shown(app)["split"] == 4095
+            assert shown(app)["decode_step_s"] != start["decode_step_s"]
+            await pilot.press("left_curly_bracket")
+            assert shown(app)["split"] == 4095 - 410
+            slower = shown(app)["decode_step_s"]
+            await pilot.press("right_curly_bracket", "right_square_bracket")
+            assert shown(app)["split"] == 4096
+            assert shown(app)["decode_step_s"] < slower
+            assert shown(app)["mode"] == "forced"
+            await pilot.press("right_square_bracket")  # clamped to the prompt
+            assert shown(app)["split"] == 4096
+            # a numeric input with focus does not swallow the split keys, and still takes digits
+            batch = app.main.query_one("#in-batch", Input)
+            batch.focus()
+            await pilot.press("left_square_bracket")
+            assert shown(app)["split"] == 4095 and batch.value == "32"
+            await pilot.press("end", "backspace", "2")
+            assert batch.value == "32"
+            await app.settled()
+            assert app.main.query_one("#in-split", Input).value == "4095"
+
+    run(scenario())
+
+
+def test_o_lands_on_the_split_advisor_plan_chooses_and_e_exports_its_plan(tmp_path):
+    cli = advisor_plan(tmp_path)
+    expected = load_document(Plan, cli)
+    export = tmp_path / "plan.json"
+
+    async def scenario():
+        app = AdvisorApp(export_path=str(export))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            await pilot.press("left_curly_bracket", "left_curly_bracket")
+            assert shown(app)["split"] != expected.splits[0]
+            await pilot.press("o")
+            assert shown(app)["split"] == expected.splits[0]
+            assert app.main.current.splits == expected.splits
+            await pilot.press("e")
+            assert str(export.resolve()) in app.main.query_one("#notice").text
+            assert str(export) in str(app.main.query_one("#status").render())
+
+    run(scenario())
+    assert without_provenance(export) == without_provenance(cli)
+
+
+def test_exported_forced_split_equals_advisor_plan_split_and_simulates(tmp_path, capsys):
+    export = tmp_path / "plan.json"
+
+    async def scenario():
+        app = AdvisorApp(export_path=str(export))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            await pilot.press("left_curly_bracket", "left_square_bracket", "e")
+            return shown(app)["split"]
+
+    split = run(scenario())
+    assert split == 4096 - 410 - 1
+    cli = advisor_plan(tmp_path, "--split", str(split))
+    assert without_provenance(export) == without_provenance(cli)
+    assert main(["simulate", str(export)]) == 0
+    assert "decode step" in capsys.readouterr().out
+
+
+def test_schedule_key_toggles_row_and_column(tmp_path):
+    cli = advisor_plan(tmp_path, "--schedule", "column")
+
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            row = dict(shown(app))
+            await pilot.press("s")
+            await app.settled()
+            assert app.main.query_one("#in-schedule", Select).value == "column"
+            assert app.main.current.schedule == "column"
+            assert app.main.current.splits == load_document(Plan, cli).splits
+            assert shown(app)["decode_step_s"] != row["decode_step_s"]
+            await pilot.press("s")
+            await app.settled()
+            assert app.main.current.schedule == "row"
+            assert shown(app)["decode_step_s"] == row["decode_step_s"]
+
+    run(scenario())
+
+
+def test_gqa_model_says_recomputation_cannot_pay(tmp_path):
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            app.main.query_one("#in-model", Select).value = "llama-3-8b"
+            await pilot.pause()
+            await app.settled()
+            notice = app.main.query_one("#notice").text
+            assert "recomputation cannot pay" in notice and "llama-3-8b" in notice
+            assert app.main.current.splits[0] == 0
+
+    run(scenario())
+
+
+def test_a_plan_that_cannot_fit_is_explained_not_a_crash(tmp_path):
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            batch = app.main.query_one("#in-batch", Input)
+            batch.value = "4096"
+            app.main.query_one("#in-weights", Input).value = "1"
+            await pilot.pause(0.4)
+            await app.settled()
+            assert "cannot fit" in app.main.query_one("#notice").text
+            assert shown(app) == {}
+            await pilot.press("left_square_bracket", "e")  # still alive, and says why nothing is exported
+            assert "nothing to export" in app.main.query_one("#notice").text
+            assert not (tmp_path / "plan.json").exists()
+            batch.value = "0"
+            await pilot.pause(0.4)
+            assert "batch: 0 must be positive" in app.main.query_one("#notice").text
+
+    run(scenario())
+
+
+def test_bad_plan_file_is_one_clear_line_and_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 1, "splits": []}')
+    assert main(["tui", "--plan", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "advisor tui:" in err and "bad.json" in err and "Traceback" not in err
+    assert main(["tui", "--plan", str(tmp_path / "missing.json")]) == 2
+    assert "cannot read" in capsys.readouterr().err
+
+    async def scenario():  # constructed directly, the app shows it in the notice instead
+        app = AdvisorApp(plan_path=str(bad), export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE):
+            await app.settled()
+            notice = app.main.query_one("#notice").text
+            assert "--plan" in notice and "bad.json" in notice
+            assert shown(app)["mode"] == "LP optimum"
+
+    run(scenario())
+
+
+def test_plan_flag_opens_that_plan(tmp_path):
+    given = advisor_plan(tmp_path, "--split", "1234", "--weights-on-gpu", "1", name="given.json")
+    export = tmp_path / "plan.json"
+
+    async def scenario():
+        app = AdvisorApp(plan=load_document(Plan, given), plan_path=str(given), export_path=str(export))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            assert shown(app)["split"] == 1234 and shown(app)["mode"] == "loaded plan"
+            await pilot.press("e")
+            await pilot.press("o")
+            assert shown(app)["mode"] == "LP optimum"
+
+    run(scenario())
+    assert without_provenance(export) == without_provenance(given)
+
+
+def fake_measured(plan: Plan, path: Path, scale: float) -> Trace:
+    """The simulated trace of `plan` with every time scaled, as if measured."""
+    import simulator
+
+    predicted = simulator.simulate_plan(plan)
+    records = [TraceRecord(id=r.id, lane=r.lane, start_s=r.start_s * scale, end_s=r.end_s * scale)
+               for r in predicted.records]
+    summary = predicted.summary.model_copy(update={
+        "ttft_s": predicted.summary.ttft_s * scale, "decode_step_s": predicted.summary.decode_step_s * scale,
+        "step_times_s": [t * scale for t in predicted.summary.step_times_s]})
+    trace = Trace(source="measured", plan_fingerprint=predicted.plan_fingerprint, device="test",
+                  records=records, summary=summary)
+    write_document(path, trace)
+    return trace
+
+
+def test_measured_trace_is_compared_per_lane_with_the_error(tmp_path):
+    measured = tmp_path / "measured.json"
+    bad = tmp_path / "bad-measured.json"
+    bad.write_text("not json")
+
+    async def scenario():
+        app = AdvisorApp(inputs=Inputs(gen_len=4), export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            fake_measured(app.main.current, measured, 1.25)
+            await pilot.press("m")
+            assert isinstance(app.screen, MeasuredScreen)
+            path = app.screen.query_one("#measured-path", Input)
+            path.value = str(bad)
+            await pilot.press("enter")
+            assert isinstance(app.screen, MeasuredScreen)  # stays open with the error
+            assert "not JSON" in str(app.screen.query_one("#measured-error").render())
+            path.value = str(measured)
+            await pilot.press("enter")
+            assert not isinstance(app.screen, MeasuredScreen)
+            await app.settled()
+            rows = {row.name: row for row in app.main.query_one("#measured").rows}
+            assert {"h2d busy / step", "gpu busy / step", "decode step", "TTFT"} <= set(rows)
+            for row in rows.values():
+                assert row.error == pytest.approx(1 / 1.25 - 1, abs=1e-6)
+            await pilot.press("left_square_bracket")  # another plan: still compared, with a warning
+            await app.settled()
+            assert app.main.query_one("#measured").rows
+
+    run(scenario())
+
+
+def test_command_palette_offers_the_same_actions(tmp_path):
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE):
+            await app.settled()
+            commands = {c.title: c for c in app.get_system_commands(app.main)}
+            for title in ("Split −1", "Split +1", "Split −10%", "Split +10%", "LP optimum", "Toggle schedule",
+                          "Export plan", "Load measured trace"):
+                assert title in commands
+            commands["Split −10%"].callback()
+            assert shown(app)["split"] == 4096 - 410
+            commands["LP optimum"].callback()
+            assert shown(app)["split"] == 4096
+
+    run(scenario())
+
+
+# --- snapshots -------------------------------------------------------------------------------
+
+
+async def _settle(pilot):
+    await pilot.app.settled()
+
+
+def test_snapshot_main_screen_row_schedule(snap_compare, tmp_path):
+    app = AdvisorApp(export_path="plan.json")
+    assert snap_compare(app, terminal_size=SIZE, run_before=_settle)
+
+
+def test_snapshot_main_screen_column_schedule(snap_compare, tmp_path):
+    async def column(pilot):
+        await pilot.app.settled()
+        await pilot.press("s")
+        await pilot.app.settled()
+
+    app = AdvisorApp(export_path="plan.json")
+    assert snap_compare(app, terminal_size=SIZE, run_before=column)
