@@ -132,12 +132,23 @@ def layer_times(setup: Setup, step, splits) -> LayerTimes:
     )
 
 
-def combine(setup: Setup, t: LayerTimes):
-    """Decode step seconds from per-unit times, by schedule and variant."""
+def sample_time(setup: Setup) -> float:
+    """GPU seconds of one step's final norm, LM head and token choice for all GPU batches."""
+    one = work_time(setup.hw, "sample", shapes.sample_work(setup.model, setup.workload.gpu_batch_size), setup.p)
+    return setup.workload.gpu_batches * one
+
+
+def layer_sums(setup: Setup, t: LayerTimes, offloaded_only: bool | None = None):
+    """(Σ over layers of each layer's steady-state cost, Σ of their GPU time).
+
+    `offloaded_only`: True for the offloaded layers alone, False for the resident ones, None: all.
+    """
     G = setup.workload.gpu_batches
     column = setup.schedule == "column"
-    total = 0.0
+    total, gpu_total = 0.0, 0.0
     for count, offloaded, streamed in setup.layer_classes():
+        if offloaded_only is not None and offloaded != offloaded_only:
+            continue
         w = t.weights if streamed else 0.0
         if offloaded:
             h2d, gpu, d2h = t.act + t.kv, t.gpu_fixed + t.recompute, t.store
@@ -151,8 +162,21 @@ def combine(setup: Setup, t: LayerTimes):
         else:
             layer = G * np.maximum(np.maximum(w + h2d, gpu), d2h)
         total = total + count * layer
-    sample = work_time(setup.hw, "sample", shapes.sample_work(setup.model, setup.workload.gpu_batch_size), setup.p)
-    return total + G * sample
+        gpu_total = gpu_total + count * G * gpu
+    return total, gpu_total
+
+
+def combine(setup: Setup, t: LayerTimes):
+    """Decode step seconds from per-unit times, by schedule and variant.
+
+    Pipelined: the layers cost their steady-state maxima, but the GPU also runs the sample, which
+    hides behind the next step's loads when the step is transfer-bound; so a step costs
+    max(Σ layer maxima, Σ GPU time + sample). Paper: everything in sequence.
+    """
+    total, gpu_total = layer_sums(setup, t)
+    if setup.variant == "paper":
+        return total + sample_time(setup)
+    return np.maximum(total, gpu_total + sample_time(setup))
 
 
 def step_times(setup: Setup, splits_per_step) -> np.ndarray:

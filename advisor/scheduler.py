@@ -23,7 +23,8 @@ import numpy as np
 import pulp
 
 from advisor import memory, shapes
-from advisor.costs import Setup, pcie_bytes_per_step, recompute_time, step_times, sweep, ttft
+from advisor.costs import (Setup, layer_sums, layer_times, pcie_bytes_per_step, recompute_time, sample_time,
+                           step_times, sweep, ttft)
 from advisor.documents import DTYPE_BYTES, HardwareProfile, ModelSpec, Plan, Predicted, Workload
 from advisor.errors import UserError
 from advisor.plans import make_plan
@@ -118,6 +119,12 @@ class LinearModel:
         self.store = np.where(context < wl.stored_tokens, copy_time(hw.d2h, shapes.kv_bytes(model, b, 1, p)), 0.0)
         self.windows = windows or [(0, wl.context(first)) for first, _ in segments]
         self.breakpoints = [self._breakpoints(lo, hi) for lo, hi in self.windows]
+        # the resident layers and the sample cost the same for every split
+        resident = layer_times(setup, steps, np.zeros_like(steps))
+        res_total, res_gpu = layer_sums(setup, resident, offloaded_only=False)
+        self.resident_total = np.broadcast_to(res_total, context.shape).astype(float)
+        self.resident_gpu = np.broadcast_to(res_gpu, context.shape).astype(float)
+        self.sample = sample_time(setup)
         self.host_fixed = memory.host_weight_bytes(model, p, setup.weights_gpu_layers)
         self.host_per_act = setup.offloaded_layers * shapes.act_bytes(model, wl.batch, 1, p)
         self.host_per_kv = setup.offloaded_layers * shapes.kv_bytes(model, wl.batch, 1, p)
@@ -147,7 +154,7 @@ class LinearModel:
         first = t == self.segments[k][0]
         kv = (0.0 if first and split == self.upper(k) else self.kv_latency) + (self.context[t] - split) * self.kv_per_token
         gpu = self.gpu_fixed[t] + rec
-        total = 0.0
+        total, gpu_total = self.resident_total[t], self.resident_gpu[t]
         for count, streamed in self.classes:
             w = self.weights if streamed else 0.0
             if self.setup.variant == "paper":
@@ -158,7 +165,10 @@ class LinearModel:
             else:
                 layer = self.G * max(w + act + kv, gpu, self.store[t])
             total += count * layer
-        return total
+            gpu_total += count * self.G * gpu
+        if self.setup.variant == "paper":
+            return total + self.sample
+        return max(total, gpu_total + self.sample)
 
     def host_bytes(self, splits: list[int]) -> float:
         stored = self.setup.workload.stored_tokens
@@ -234,11 +244,11 @@ class LinearModel:
                 kv = kv_lat + US * self.kv_per_token * (float(self.context[t]) - split)
                 fixed = US * float(self.gpu_fixed[t])
                 store = US * float(self.store[t])
-                for c, (count, streamed) in enumerate(self.classes):
-                    w = US * self.weights if streamed else 0.0
-                    if self.setup.variant == "paper":
-                        # U = max(rec, kv); kv − rec falls with the split, so one side may win throughout
-                        gap = [kv_at(l, t) - rec_at(l) for l in (low, top)]
+                if self.setup.variant == "paper":
+                    # U = max(rec, kv); kv − rec falls with the split, so one side may win throughout
+                    gap = [kv_at(l, t) - rec_at(l) for l in (low, top)]
+                    for c, (count, streamed) in enumerate(self.classes):
+                        w = US * self.weights if streamed else 0.0
                         if gap[1] >= 0:
                             U = kv
                         elif gap[0] <= 0:
@@ -249,26 +259,59 @@ class LinearModel:
                             prob += U >= kv
                         unit = act + U + fixed
                         objective.append(count * (w + self.G * unit if self.column else self.G * (w + unit)))
-                        continue
+                    objective.append(US * (float(self.resident_total[t]) + self.sample))
+                    continue
+
+                def load_at(l, w):
                     if self.column:
-                        load, load_at = w + self.G * (act + kv), lambda l: w + self.G * (act_at(l) + kv_at(l, t))
-                    else:
-                        load, load_at = self.G * (w + act + kv), lambda l: self.G * (w + act_at(l) + kv_at(l, t))
-                    gpu, gpu_at = self.G * (fixed + rec), lambda l: self.G * (fixed + rec_at(l))
-                    # load − gpu falls with the split on [1, top]; check the window's ends (and 0)
-                    gap = [load_at(l) - gpu_at(l) for l in ends]
-                    writeback = self.G * store
-                    if min(gap) >= 0 and all(load_at(l) >= writeback for l in ends):
-                        objective.append(count * load)
+                        return w + self.G * (act_at(l) + kv_at(l, t))
+                    return self.G * (w + act_at(l) + kv_at(l, t))
+
+                def gpu_at(l):
+                    return self.G * (fixed + rec_at(l))
+
+                writeback = self.G * store
+                weights = [US * self.weights if streamed else 0.0 for _, streamed in self.classes]
+                resident = US * float(self.resident_total[t])
+                other_gpu = US * (float(self.resident_gpu[t]) + self.sample)
+
+                def layers_at(l):
+                    return resident + sum(count * max(load_at(l, w), gpu_at(l), writeback)
+                                          for (count, _), w in zip(self.classes, weights))
+
+                def gpu_total_at(l):
+                    return other_gpu + sum(count * gpu_at(l) for count, _ in self.classes)
+
+                gpu = self.G * (fixed + rec)
+                gpu_total = other_gpu + pulp.lpSum(count * gpu for count, _ in self.classes)
+                # step = max(Σ layer maxima, Σ GPU + sample); their difference falls with the split
+                step_gap = [layers_at(l) - gpu_total_at(l) for l in ends]
+                if max(step_gap) <= 0:
+                    objective.append(gpu_total)
+                    continue
+                layer_terms = [resident]
+                for c, ((count, _), w) in enumerate(zip(self.classes, weights)):
+                    load = w + self.G * (act + kv) if self.column else self.G * (w + act + kv)
+                    gap = [load_at(l, w) - gpu_at(l) for l in ends]
+                    if min(gap) >= 0 and all(load_at(l, w) >= writeback for l in ends):
+                        layer_terms.append(count * load)
                     elif max(gap) <= 0 and all(gpu_at(l) >= writeback for l in ends):
-                        objective.append(count * gpu)
+                        layer_terms.append(count * gpu)
                     else:
                         T = prob.add_variable(f"T{t}_{c}")
                         prob += T >= load
                         prob += T >= gpu
                         if store > fixed:  # else implied by the GPU bound
                             prob += T >= writeback
-                        objective.append(count * T)
+                        layer_terms.append(count * T)
+                layers = pulp.lpSum(layer_terms)
+                if min(step_gap) >= 0:
+                    objective.append(layers)
+                else:
+                    S = prob.add_variable(f"S{t}")
+                    prob += S >= layers
+                    prob += S >= gpu_total
+                    objective.append(S)
         prob += (self.host_fixed + self.host_per_act * act_max
                  + self.host_per_kv * (stored - kv_min)) <= self.host_limit
         prob += pulp.lpSum(objective)

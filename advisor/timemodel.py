@@ -58,25 +58,26 @@ class _Curve:
         return np.interp(np.log(np.maximum(m, 1)), self.log_m, self.rate)
 
 
-_curve_cache: dict[tuple[int, int, int], _Curve] = {}
+_curve_cache: dict[tuple[int, int, int], tuple[list, _Curve]] = {}
+
+
+def nearest_curve(hw: HardwareProfile, n: int, k: int) -> GemmCurve:
+    """The profile's curve for weight shape (n, k): exact match, else the closest in log K, then log N."""
+    if not hw.gemm:
+        raise UserError(f"hardware profile {hw.name}: gemm: no GEMM rate curve")
+    return min(hw.gemm, key=lambda c: (abs(math.log(c.k / k)), abs(math.log(c.n / n))))
 
 
 def curve_for(hw: HardwareProfile, n: int, k: int) -> _Curve:
-    """The curve for weight shape (n, k): exact match, else the closest in log K then log N."""
+    """`nearest_curve`, prepared for interpolation and cached per profile."""
     key = (id(hw.gemm), n, k)
     cached = _curve_cache.get(key)
-    if cached is not None:
-        return cached
-    if not hw.gemm:
-        raise UserError(f"hardware profile {hw.name}: gemm: no GEMM rate curve")
-    best = min(
-        hw.gemm,
-        key=lambda c: (abs(math.log(c.k / k)), abs(math.log(c.n / n))),
-    )
-    prepared = _Curve(best)
+    if cached is not None and cached[0] is hw.gemm:  # an id can be reused once a profile is freed
+        return cached[1]
+    prepared = _Curve(nearest_curve(hw, n, k))
     if len(_curve_cache) > 4096:
         _curve_cache.clear()
-    _curve_cache[key] = prepared
+    _curve_cache[key] = (hw.gemm, prepared)
     return prepared
 
 

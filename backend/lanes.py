@@ -1,0 +1,167 @@
+"""Where operations run: CUDA streams and events, or the CPU in graph order, or an emulation.
+
+The executor hands each operation to `submit(op_id, lane, fn, waits)`: run `fn` on `lane` after
+the completion tokens in `waits` (dependencies on other lanes; a lane keeps its own order).
+
+- `CudaLanes` — three streams (`h2d`, `d2h`, `gpu`). Submitting waits on the dependencies' CUDA
+  events, records a start event, enqueues the kernels or copies `fn` issues and records an end
+  event, which is also the completion token; nothing is synchronised. Timing events can be turned
+  off (completion events then carry no timestamps) to measure what timing costs.
+- `SerialLanes` — the CPU mode of DESIGN §3: `fn` runs at once, in graph order; nothing overlaps.
+- `EmulatedLanes` — for tests: CUDA stream semantics on the CPU. Each lane is a queue; whenever it
+  is asked to make progress it runs a randomly chosen lane's head whose waits have completed, so
+  the operations run in an order a GPU could choose. A dependency the executor forgot to wait for
+  then shows up as a wrong result, which is how the GPU code path is tested without a GPU.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+import torch
+
+LANES = ("h2d", "d2h", "gpu")
+
+
+class SerialLanes:
+    kind = "cpu"
+
+    def __init__(self, timing: bool = True):
+        self.timing = timing
+        self._times: dict[str, tuple[float, float]] = {}
+
+    def start(self) -> None:
+        self._times = {}
+        self.origin = time.perf_counter()
+
+    def submit(self, op_id: str, lane: str, fn: Callable[[], None], waits: list) -> str:
+        if self.timing:
+            start = time.perf_counter()
+            fn()
+            self._times[op_id] = (start - self.origin, time.perf_counter() - self.origin)
+        else:
+            fn()
+        return op_id
+
+    def wait_host(self, token) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def times(self) -> dict[str, tuple[float, float]]:
+        return dict(self._times)
+
+
+class CudaLanes:
+    kind = "cuda"
+
+    def __init__(self, device: torch.device, timing: bool = True):
+        self.device = device
+        self.timing = timing
+        self.streams = {lane: torch.cuda.Stream(device=device) for lane in LANES}
+        self.streams["cpu"] = self.streams["gpu"]
+        self._events: dict[str, tuple[torch.cuda.Event, torch.cuda.Event]] = {}
+
+    def start(self) -> None:
+        torch.cuda.synchronize(self.device)
+        self._events = {}
+        self.origin = torch.cuda.Event(enable_timing=True)
+        self.origin.record(self.streams["gpu"])
+
+    def submit(self, op_id: str, lane: str, fn: Callable[[], None], waits: list) -> torch.cuda.Event:
+        stream = self.streams[lane]
+        with torch.cuda.stream(stream):
+            for event in waits:
+                stream.wait_event(event)
+            if self.timing:
+                start = torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+            fn()
+            end = torch.cuda.Event(enable_timing=self.timing)
+            end.record(stream)
+        if self.timing:
+            self._events[op_id] = (start, end)
+        return end
+
+    def wait_host(self, token: torch.cuda.Event) -> None:
+        token.synchronize()
+
+    def finish(self) -> None:
+        torch.cuda.synchronize(self.device)
+
+    def times(self) -> dict[str, tuple[float, float]]:
+        """(start, end) seconds after the run's origin, read once everything has finished."""
+        out = {}
+        for op_id, (start, end) in self._events.items():
+            s = max(self.origin.elapsed_time(start) / 1e3, 0.0)
+            out[op_id] = (s, max(self.origin.elapsed_time(end) / 1e3, s))
+        return out
+
+
+class DeadlockError(RuntimeError):
+    pass
+
+
+class EmulatedLanes:
+    kind = "emulated"
+
+    def __init__(self, seed: int = 0, eagerness: float = 0.3):
+        self.rng = random.Random(seed)
+        self.eagerness = eagerness  # chance of running a queued operation after each submission
+        # each lane gets a speed drawn over four orders of magnitude, so that in some runs one lane
+        # races ahead of the others as far as its waits allow, and in others it lags far behind
+        self.speed = {lane: 10 ** self.rng.uniform(-2, 2) for lane in LANES}
+        self.timing = True
+        self.queues: dict[str, deque] = {lane: deque() for lane in LANES}
+        self.done: set[str] = set()
+        self._times: dict[str, tuple[float, float]] = {}
+        self.clock = 0.0
+
+    def start(self) -> None:
+        self._times = {}
+        self.done = set()
+        self.clock = 0.0
+
+    def submit(self, op_id: str, lane: str, fn: Callable[[], None], waits: list) -> str:
+        self.queues["gpu" if lane == "cpu" else lane].append((op_id, fn, list(waits)))
+        while self.rng.random() < self.eagerness and self._step():
+            pass
+        return op_id
+
+    def _runnable(self) -> list[str]:
+        return [lane for lane, q in self.queues.items() if q and all(w in self.done for w in q[0][2])]
+
+    def _step(self) -> bool:
+        lanes = self._runnable()
+        if not lanes:
+            return False
+        lane = self.rng.choices(lanes, weights=[self.speed[lane] for lane in lanes])[0]
+        op_id, fn, _ = self.queues[lane].popleft()
+        start = self.clock
+        fn()
+        self.clock += 1e-3
+        self._times[op_id] = (start, self.clock)
+        self.done.add(op_id)
+        return True
+
+    def wait_host(self, token: str) -> None:
+        while token not in self.done:
+            if not self._step():
+                raise DeadlockError(f"{token} can never run: the lanes wait on each other")
+
+    def finish(self) -> None:
+        while any(self.queues.values()):
+            if not self._step():
+                heads = {lane: q[0][0] for lane, q in self.queues.items() if q}
+                raise DeadlockError(f"lanes blocked, heads: {heads}")
+
+    def times(self) -> dict[str, tuple[float, float]]:
+        return dict(self._times)
+
+
+def make_lanes(device: torch.device, timing: bool = True):
+    return CudaLanes(device, timing) if device.type == "cuda" else SerialLanes(timing)

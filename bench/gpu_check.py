@@ -1,0 +1,495 @@
+"""GPU check of the executing backend (issue: backend): the LP plan against full transfer, a sweep of
+the split, and a GPU-resident cache, measured in one command.
+
+    python3 bench/gpu_check.py --out DIR            # on the H100 machine, about 5 minutes
+    python3 bench/gpu_check.py --tiny --out DIR     # CPU mode, tiny shapes, seconds (run by the tests)
+
+Cases (GPU mode; random fp16 weights generated on the GPU):
+  1. OPT-6.7B shapes (32 layers), batch 8, context 2048, --gpu-kv-budget 0: full transfer, the LP
+     plan, a sweep of l, and a GPU-resident cache;
+  2. OPT-6.7B, batch 32, context 4096 (69 GB of KV: does not fit beside the weights; as many
+     layers as fit keep their KV on the GPU, in the plan and its baseline alike);
+  3. OPT-30B layer shapes (hidden 7168, 8 layers so the weights fit), batch 8, context 1024, where
+     the best split lies inside the range;
+  4. the column schedule (4 GPU batches, a quarter of the layers' weights streamed), throughput
+     against full transfer.
+
+Method: for each case one runtime is built for the union of the plans compared (stores large
+enough for every split, pinned once with cudaHostRegister), prefill runs once, then each plan's
+decode steps run on it (decode steps are idempotent: they read what prefill stored and store the
+same values again). Step times come from CUDA events on the `sample` operations (DESIGN §3: a step
+runs from the previous step's sample to its own); the first decode step of each run is a warm-up
+and is excluded; the figure is the median of the remaining steps (full transfer and the LP plan
+run twice, their steps pooled). The pinned bandwidth is profiled in the same run: a 1 GiB
+host-to-device copy from registered memory, median of 5 after 2 warm-ups. Results go to --out
+and, on the GPU, to bench/results/ with the date and the card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from advisor.catalog import load_hardware, load_model  # noqa: E402
+from advisor.documents import ModelSpec, Plan, StorePolicy, Workload  # noqa: E402
+from advisor.opgraph import PREFILL  # noqa: E402
+from advisor.plans import make_plan  # noqa: E402
+from backend.executor import Executor, decode_step_times  # noqa: E402
+from backend.lanes import make_lanes  # noqa: E402
+from backend.measure import copy_rate_Bps, timing_overhead  # noqa: E402
+from backend.model import RandomWeights  # noqa: E402
+from backend.runtime import Capacity, Runtime  # noqa: E402
+from backend.stores import HostSlab, Piece  # noqa: E402
+
+GB = 1e9
+WARMUP = 1
+
+
+@dataclass
+class Case:
+    key: str
+    title: str
+    model: ModelSpec
+    batch: int
+    prompt: int
+    gen: int
+    schedule: str = "row"
+    kv_budget_bytes: int | None = 0
+    gpu_batches: int | None = None
+    weights_on_gpu: float | None = None
+    fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 1.0)
+    resident: bool = False  # also run a GPU-resident cache (where it fits)
+    targets: list[str] = field(default_factory=list)
+
+
+def gpu_cases(steps: int) -> list[Case]:
+    gen = steps + 1
+    opt67 = load_model("opt-6.7b").model_copy(update={"max_positions": 8192})
+    opt30 = load_model("opt-30b").model_copy(update={"num_layers": 8})
+    return [
+        Case("1", "OPT-6.7B, batch 8, context 2048, KV budget 0", opt67, 8, 2048, gen, resident=True,
+             targets=["speedup", "sweep", "bandwidth"]),
+        Case("2", "OPT-6.7B, batch 32, context 4096 (69 GB of KV)", load_model("opt-6.7b-8k"), 32, 4096, gen,
+             kv_budget_bytes=None, fractions=(0.0, 0.5, 0.75, 0.875, 1.0), targets=["speedup", "sweep", "bandwidth"]),
+        Case("3", "OPT-30B layer shapes (8 layers), batch 8, context 1024, KV budget 0", opt30, 8, 1024, gen,
+             fractions=(0.0, 0.25, 0.5, 0.625, 0.75, 0.8125, 0.875, 0.9375, 1.0),
+             targets=["sweep", "bandwidth", "inside"]),
+        Case("4", "OPT-6.7B column schedule, batch 64 (4 GPU batches), context 512, 3/4 of weights on GPU",
+             load_model("opt-6.7b"), 64, 512, gen, schedule="column", gpu_batches=4, weights_on_gpu=0.75,
+             fractions=(0.0, 0.5, 0.75, 1.0), targets=["throughput", "sweep"]),
+    ]
+
+
+def tiny_cases(steps: int) -> list[Case]:
+    gen = steps + 1
+    opt = load_model("tiny-opt").model_copy(update={"num_layers": 3})
+    wide = load_model("tiny-opt").model_copy(update={"hidden": 128, "head_dim": 32, "ffn_hidden": 512})
+    one_layer_kv = 2 * 4 * (32 + gen - 1) * opt.kv_dim * 4  # fp32: the scheduler keeps one layer resident
+    return [
+        Case("1", "tiny OPT, batch 4, context 24, KV budget 0", opt, 4, 24, gen, resident=True,
+             targets=["sweep"]),
+        Case("2", "tiny OPT, batch 4, context 32, one layer's KV resident", opt, 4, 32, gen,
+             kv_budget_bytes=one_layer_kv, fractions=(0.0, 0.5, 1.0), targets=["sweep"]),
+        Case("3", "tiny wide OPT, batch 2, context 24", wide, 2, 24, gen, targets=["sweep"]),
+        Case("4", "tiny OPT column schedule, batch 8 (4 GPU batches)", opt, 8, 16, gen, schedule="column",
+             gpu_batches=4, weights_on_gpu=0.5, fractions=(0.0, 0.5, 1.0), targets=["sweep"]),
+    ]
+
+
+# --- plans ---------------------------------------------------------------------------------------
+
+
+def lp_plan(case: Case, hardware) -> tuple[Plan, str]:
+    """The scheduler's plan (advisor.scheduler: MILP over the splits), or a closed-form fallback."""
+    try:
+        from advisor.scheduler import Request, plan
+    except ImportError as error:  # pulp missing: DESIGN §1's closed form, nothing resident
+        B, F, p = hardware.h2d.bandwidth_Bps, hardware.gemm[0].points[-1].flops, 2
+        l_star = round(case.prompt / (1 + 2 * case.model.hidden * B / (p * F)))
+        workload = Workload(batch=case.batch, prompt_len=case.prompt, gen_len=case.gen,
+                            gpu_batches=case.gpu_batches or 1)
+        weights = round((1.0 if case.weights_on_gpu is None else case.weights_on_gpu) * case.model.num_layers)
+        return (make_plan(case.model, hardware, workload, splits=l_star, schedule=case.schedule,
+                          weights_gpu_layers=weights),
+                f"closed form (advisor.scheduler unavailable: {error})")
+    request = Request(case.model, hardware, case.batch, case.prompt, case.gen, schedule=case.schedule,
+                      gpu_kv_budget_bytes=case.kv_budget_bytes, gpu_batches=case.gpu_batches,
+                      weights_on_gpu=case.weights_on_gpu)
+    return plan(request), "advisor.scheduler (MILP)"
+
+
+def same_choices(lp: Plan, splits, resident: int | None = None) -> Plan:
+    """A plan differing from `lp` only in its splits (and the store policy that follows)."""
+    return make_plan(lp.model, lp.hardware, lp.workload, splits=splits, chunks=lp.chunks, schedule=lp.schedule,
+                     objective=lp.objective, dtype=lp.dtype, weights_gpu_layers=lp.weights_gpu_layers,
+                     resident_kv_layers=lp.resident_kv_layers if resident is None else resident,
+                     offload=lp.offload, cost_model=lp.cost_model)
+
+
+def fit_residency(lp: Plan, others: list[Plan], device: torch.device) -> tuple[Plan, list[Plan], str | None]:
+    """Keep fewer layers' KV resident if this runtime's own count does not fit the free GPU memory."""
+    if device.type != "cuda" or not lp.offload:
+        return lp, others, None
+    free = torch.cuda.mem_get_info(device)[0] - 2 * 10**9
+    resident = lp.resident_kv_layers
+    while resident >= 0:
+        plans = [same_choices(lp, lp.splits, resident)] + [same_choices(p, p.splits, resident) for p in others]
+        if Runtime.memory_need(Capacity.of(*plans), device).gpu_total <= free:
+            note = None if resident == lp.resident_kv_layers else (
+                f"resident KV layers lowered from {lp.resident_kv_layers} to {resident} to fit this GPU's free memory")
+            plans[0].predicted = lp.predicted if resident == lp.resident_kv_layers else None
+            return plans[0], plans[1:], note
+        resident -= 1
+    raise RuntimeError("the case does not fit the GPU even with no resident KV")
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def pinned_bandwidth(device: torch.device) -> dict | None:
+    if device.type != "cuda":
+        return None
+    n = 1 << 30
+    slab = HostSlab([Piece(("x",), (n,), torch.uint8)], pin=True)
+    try:
+        host = slab.tensors[("x",)]
+        dev = torch.empty(n, dtype=torch.uint8, device=device)
+        out = {}
+        for name, (dst, src) in {"h2d": (dev, host), "d2h": (host, dev)}.items():
+            times = []
+            for i in range(7):
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                dst.copy_(src, non_blocking=True)
+                end.record()
+                end.synchronize()
+                if i >= 2:
+                    times.append(start.elapsed_time(end) / 1e3)
+            out[f"{name}_GBps"] = n / statistics.median(times) / GB
+        del dev
+        return out
+    finally:
+        torch.cuda.synchronize()
+        slab.release()
+
+
+def measure(executor: Executor, plan: Plan, device: torch.device, runs: int = 1) -> dict:
+    steps = range(plan.workload.decode_steps)
+    pooled, kv, act, tokens, walls = [], [], [], None, []
+    for _ in range(runs):
+        result = executor.run(make_lanes(device), steps=steps)
+        times = decode_step_times(plan, result.times, steps)
+        pooled += [times[s] for s in steps if s >= WARMUP and s in times]
+        kv.append(copy_rate_Bps(result, ("load_kv",), WARMUP))
+        act.append(copy_rate_Bps(result, ("load_act",), WARMUP))
+        walls.append(result.wall_s)
+        tokens = executor.rt.tokens.cpu().clone()
+    step = statistics.median(pooled)
+    kv_rates = [r for r in kv if r]
+    act_rates = [r for r in act if r]
+    return {
+        "step_ms": step * 1e3,
+        "steps_ms": [t * 1e3 for t in pooled],
+        "tokens_per_s": plan.workload.batch / step,
+        "kv_GBps": statistics.median(kv_rates) / GB if kv_rates else None,
+        "act_GBps": statistics.median(act_rates) / GB if act_rates else None,
+        "wall_s": walls,
+        "_tokens": tokens,
+    }
+
+
+def describe_splits(plan: Plan) -> str:
+    lo, hi = min(plan.splits), max(plan.splits)
+    return f"{lo}" if lo == hi else f"{lo}..{hi}"
+
+
+def run_case(case: Case, device: torch.device, hardware, deadline: float, log) -> dict:
+    started = time.perf_counter()
+    lp, source = lp_plan(case, hardware)
+    out: dict = {"key": case.key, "title": case.title, "plan_source": source}
+    base = same_choices(lp, 0)
+    sweep = {f: same_choices(lp, round(f * case.prompt)) for f in case.fractions}
+    lp, others, note = fit_residency(lp, [base, *sweep.values()], device)
+    base, sweep = others[0], dict(zip(sweep, others[1:]))
+    if not lp.offload:
+        out["skipped"] = "the whole KV cache fits on the GPU: the scheduler does not offload"
+        return out
+    out.update({
+        "lp": {"splits": describe_splits(lp), "chunks": lp.chunks, "resident_kv_layers": lp.resident_kv_layers,
+               "weights_gpu_layers": lp.weights_gpu_layers, "gpu_batches": lp.workload.gpu_batches,
+               "predicted_step_ms": lp.predicted.decode_step_s * 1e3 if lp.predicted else None,
+               "predicted_speedup": lp.predicted.speedup_vs_full_transfer if lp.predicted else None},
+        "notes": [note] if note else [],
+    })
+    capacity = Capacity.of(lp, base, *sweep.values())
+    prefill_plan = lp.model_copy(update={"store": StorePolicy(act_tokens=capacity.act_tokens,
+                                                              kv_from=capacity.kv_from)})
+    log(f"case {case.key}: {case.title}: LP splits {describe_splits(lp)}, chunks {lp.chunks}, "
+        f"resident {lp.resident_kv_layers}/{lp.model.num_layers}, weights on GPU {lp.weights_gpu_layers}")
+    runtime = None
+    configs = []
+    try:
+        t = time.perf_counter()
+        runtime = Runtime(capacity, device, RandomWeights(0))
+        runtime.set_prompt(torch.randint(0, lp.model.vocab_size, (case.batch, case.prompt),
+                                         generator=torch.Generator().manual_seed(0)))
+        out["pinned_GB"] = runtime.pinned_bytes / GB
+        out["host_store_GB"] = runtime.host_bytes / GB
+        out["setup_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        Executor(runtime, prefill_plan).run(make_lanes(device), steps=[PREFILL])
+        out["prefill_s"] = time.perf_counter() - t
+        log(f"  runtime ready in {out['setup_s']:.1f} s ({out['pinned_GB']:.1f} GB pinned), "
+            f"prefill {out['prefill_s']:.1f} s")
+
+        order = [("full transfer (l = 0)", base, 2), ("LP plan", lp, 2)]
+        order += [(f"l = {f:g}·s", p, 1) for f, p in sweep.items() if f > 0]
+        executors = {}
+        for label, plan, runs in order:
+            if time.perf_counter() > deadline and label not in ("full transfer (l = 0)", "LP plan"):
+                configs.append({"label": label, "splits": describe_splits(plan), "skipped": "time budget"})
+                continue
+            executor = executors[label] = Executor(runtime, plan)
+            result = measure(executor, plan, device, runs)
+            result.update(label=label, splits=describe_splits(plan), split=plan.splits[0])
+            configs.append(result)
+            log(f"  {label:24s} splits {result['splits']:>11s}: {result['step_ms']:9.2f} ms/step"
+                + (f", KV {result['kv_GBps']:.1f} GB/s" if result["kv_GBps"] else ""))
+        if time.perf_counter() < deadline or device.type == "cpu":
+            out["timing_overhead"] = timing_overhead(executors["LP plan"], range(WARMUP, lp.workload.decode_steps))
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if runtime is not None:
+            runtime.release()
+        runtime = None
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    measured = [c for c in configs if "step_ms" in c]
+    first = measured[0]["_tokens"]
+    out["tokens_agree"] = all(bool(torch.equal(c["_tokens"], first)) for c in measured)
+    for c in measured:
+        del c["_tokens"]
+    out["configs"] = configs
+    if case.resident:
+        out["resident"] = run_resident(lp, device, deadline, log)
+    out["elapsed_s"] = time.perf_counter() - started
+    return out
+
+
+def run_resident(lp: Plan, device: torch.device, deadline: float, log) -> dict:
+    plan = make_plan(lp.model, lp.hardware, lp.workload, offload=False, schedule=lp.schedule, dtype=lp.dtype)
+    need = Runtime.memory_need(Capacity.of(plan), device)
+    if device.type == "cuda" and need.gpu_total > torch.cuda.mem_get_info(device)[0]:
+        return {"skipped": f"does not fit: needs {need.gpu_total / GB:.1f} GB"}
+    if time.perf_counter() > deadline:
+        return {"skipped": "time budget"}
+    runtime = None
+    try:
+        runtime = Runtime(Capacity.of(plan), device, RandomWeights(0))
+        Executor(runtime, plan).run(make_lanes(device), steps=[PREFILL])
+        result = measure(Executor(runtime, plan), plan, device, 1)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if runtime is not None:
+            runtime.release()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    del result["_tokens"]
+    log(f"  {'GPU-resident cache':24s} {'':>18s}: {result['step_ms']:9.2f} ms/step")
+    return result
+
+
+# --- targets and report --------------------------------------------------------------------------
+
+
+def check_targets(report: dict) -> list[dict]:
+    checks = []
+    pinned = (report.get("pinned_bandwidth") or {}).get("h2d_GBps")
+    for case in report["cases"]:
+        configs = {c["label"]: c for c in case.get("configs", []) if "step_ms" in c}
+        if "LP plan" not in configs:
+            continue
+        base, lp = configs["full transfer (l = 0)"], configs["LP plan"]
+        best = min(configs.values(), key=lambda c: c["step_ms"])
+        targets = case.get("targets", [])
+        k = case["key"]
+        if "speedup" in targets:
+            speedup = base["step_ms"] / lp["step_ms"]
+            checks.append({"case": k, "what": "LP speedup per decode step vs full transfer", "value": speedup,
+                           "target": "≥ 1.9 (≤ 2.0: the MHA limit)", "pass": 1.9 <= speedup <= 2.04})
+        if "sweep" in targets:
+            ratio = lp["step_ms"] / best["step_ms"]
+            checks.append({"case": k, "what": f"LP step / sweep's best ({best['label']})", "value": ratio,
+                           "target": "≤ 1.03", "pass": ratio <= 1.03})
+        if "bandwidth" in targets and base.get("kv_GBps") and pinned:
+            share = base["kv_GBps"] / pinned
+            checks.append({"case": k, "what": "full-transfer KV copy rate / profiled pinned h2d", "value": share,
+                           "target": "≥ 0.90", "pass": share >= 0.9})
+        if "inside" in targets:
+            inside = 0 < best["split"] < case["prompt"]
+            checks.append({"case": k, "what": f"best split of the sweep ({best['splits']}) inside (0, s)",
+                           "value": float(best["split"]), "target": "0 < l < s", "pass": inside})
+        if "throughput" in targets:
+            ratio = lp["tokens_per_s"] / base["tokens_per_s"]
+            checks.append({"case": k, "what": "column-schedule throughput vs full transfer", "value": ratio,
+                           "target": "≥ 1.5", "pass": ratio >= 1.5})
+        overhead = case.get("timing_overhead")
+        if overhead:
+            checks.append({"case": k, "what": "event timing overhead on the LP plan's steps",
+                           "value": overhead["overhead"], "target": "≤ 0.03", "pass": overhead["overhead"] <= 0.03})
+    return checks
+
+
+def table(report: dict) -> str:
+    lines = [f"gpu_check {report['date']} on {report['card']} ({report['mode']} mode), torch {report['torch']}",
+             report["method"]]
+    if report.get("pinned_bandwidth"):
+        pb = report["pinned_bandwidth"]
+        lines.append(f"profiled pinned bandwidth (1 GiB, median of 5): h2d {pb['h2d_GBps']:.1f} GB/s, "
+                     f"d2h {pb['d2h_GBps']:.1f} GB/s")
+    for case in report["cases"]:
+        lines.append("")
+        lines.append(f"case {case['key']}: {case['title']}")
+        if case.get("skipped"):
+            lines.append(f"  skipped: {case['skipped']}")
+            continue
+        lp = case["lp"]
+        lines.append(f"  LP plan ({case['plan_source']}): splits {lp['splits']}, chunks {lp['chunks']}, resident KV "
+                     f"layers {lp['resident_kv_layers']}, weights on GPU {lp['weights_gpu_layers']}, "
+                     f"GPU batches {lp['gpu_batches']}; predicted {_num(lp['predicted_step_ms'])} ms/step, "
+                     f"speedup {_num(lp['predicted_speedup'], 3)}")
+        lines.append(f"  pinned {case.get('pinned_GB', 0):.2f} GB; setup {case.get('setup_s', 0):.1f} s, "
+                     f"prefill {case.get('prefill_s', 0):.1f} s; "
+                     f"tokens agree across configs: {case.get('tokens_agree')}")
+        lines.append(f"  {'config':26s} {'splits':>11s} {'step ms':>10s} {'tokens/s':>10s} "
+                     f"{'KV GB/s':>8s} {'act GB/s':>8s}")
+        for c in case.get("configs", []):
+            if "step_ms" not in c:
+                lines.append(f"  {c['label']:26s} {c['splits']:>11s}   skipped ({c['skipped']})")
+                continue
+            lines.append(f"  {c['label']:26s} {c['splits']:>11s} {c['step_ms']:10.2f} {c['tokens_per_s']:10.1f} "
+                         f"{_num(c['kv_GBps'], 1):>8s} {_num(c['act_GBps'], 1):>8s}")
+        if "resident" in case:
+            r = case["resident"]
+            if "step_ms" in r:
+                lines.append(f"  {'GPU-resident cache':26s} {'':>11s} {r['step_ms']:10.2f} {r['tokens_per_s']:10.1f}")
+            else:
+                lines.append(f"  GPU-resident cache: skipped ({r['skipped']})")
+        if case.get("timing_overhead"):
+            o = case["timing_overhead"]
+            lines.append(f"  timing overhead: {o['overhead']:+.2%} (timed {o['timed_step_s'] * 1e3:.2f} ms vs untimed "
+                         f"{o['untimed_step_s'] * 1e3:.2f} ms per step, best of 2 each)")
+    lines.append("")
+    lines.append("targets:")
+    for check in report["checks"]:
+        lines.append(f"  case {check['case']}: {check['what']}: {check['value']:.3f} (target {check['target']}): "
+                     f"{ {True: 'PASS', False: 'FAIL', None: 'not judged'}[check['pass']] }")
+    if report["mode"] != "gpu":
+        lines.append("  (CPU mode: the timing targets apply on the GPU only)")
+    lines.append(f"total {report['elapsed_s']:.1f} s")
+    return "\n".join(lines)
+
+
+def _num(value, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for gpu-check.json and gpu-check.txt")
+    parser.add_argument("--tiny", action="store_true", help="CPU mode with tiny shapes (the test suite runs this)")
+    parser.add_argument("--cases", default="1,2,3,4")
+    parser.add_argument("--steps", type=int, default=5, help="decode steps per run (the first is a warm-up)")
+    parser.add_argument("--budget-s", type=float, default=270.0, help="stop sweeping after this many seconds")
+    parser.add_argument("--results-dir", default=None, help="also write dated results here "
+                        "(default on the GPU: bench/results)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    deadline = started + args.budget_s
+    if args.tiny:
+        device = torch.device("cpu")
+        # planned for the H100 profile, so that the LP plan recomputes; executed on the CPU
+        hardware = load_hardware("h100-pcie5")
+        cases = tiny_cases(args.steps)
+        card = f"cpu ({platform.machine()})"
+    else:
+        if not torch.cuda.is_available():
+            print("gpu_check: no CUDA device; run with --tiny for the CPU mode", file=sys.stderr)
+            return 2
+        device = torch.device("cuda", torch.cuda.current_device())
+        free, total = torch.cuda.mem_get_info(device)
+        # the shipped H100 profile, with this card's real memory
+        hardware = load_hardware("h100-pcie5").model_copy(update={"gpu_memory_bytes": int(free),
+                                                                  "gpu_reserved_bytes": 3 * 10**9})
+        cases = gpu_cases(args.steps)
+        card = torch.cuda.get_device_name(device)
+    wanted = set(args.cases.split(","))
+
+    def log(text: str) -> None:
+        print(f"[{time.perf_counter() - started:6.1f} s] {text}", flush=True)
+
+    report = {
+        "date": datetime.date.today().isoformat(),
+        "card": card,
+        "mode": "tiny" if args.tiny else "gpu",
+        "torch": torch.__version__,
+        "method": __doc__.split("Method: ")[1].split("\n\n")[0].replace("\n", " "),
+        "pinned_bandwidth": pinned_bandwidth(device),
+        "cases": [],
+    }
+    if report["pinned_bandwidth"]:
+        log(f"pinned bandwidth: {report['pinned_bandwidth']}")
+    for case in cases:
+        if case.key not in wanted:
+            continue
+        if time.perf_counter() > deadline:
+            report["cases"].append({"key": case.key, "title": case.title, "skipped": "time budget",
+                                    "targets": case.targets, "prompt": case.prompt, "batch": case.batch})
+            continue
+        try:
+            result = run_case(case, device, hardware, deadline, log)
+        except Exception as error:  # one failing case must not lose the others' results
+            if device.type == "cpu":
+                raise
+            result = {"key": case.key, "title": case.title, "skipped": f"failed: {type(error).__name__}: {error}"}
+            log(f"case {case.key} failed: {error}")
+        result.update(targets=case.targets, prompt=case.prompt, batch=case.batch)
+        report["cases"].append(result)
+    report["checks"] = check_targets(report)
+    if args.tiny:  # CPU timings say nothing about the GPU targets: report, do not judge
+        for check in report["checks"]:
+            check["pass"] = None
+    report["elapsed_s"] = time.perf_counter() - started
+    text = table(report)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gpu-check.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "gpu-check.txt").write_text(text + "\n")
+    results = args.results_dir or (None if args.tiny else str(ROOT / "bench" / "results"))
+    if results:
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-").lower()
+        stem = Path(results) / f"gpu-check-{report['date']}-{slug}"
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+        stem.with_suffix(".txt").write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

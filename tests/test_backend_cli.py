@@ -1,0 +1,176 @@
+"""`advisor execute`: the measured trace, checkpoints saved by transformers, refusals and clean failure."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from advisor.catalog import load_hardware, load_model  # noqa: E402
+from advisor.cli import main  # noqa: E402
+from advisor.documents import Trace, Workload, load_document, write_document  # noqa: E402
+from advisor.opgraph import build_graph  # noqa: E402
+from advisor.plans import make_plan  # noqa: E402
+from test_backend import hf_greedy, hf_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_plan(path, spec, batch=2, prompt=8, gen=4, **choices):
+    wl = Workload(batch=batch, prompt_len=prompt, gen_len=gen)
+    plan = make_plan(spec, load_hardware("cpu-generic"), wl, **choices)
+    write_document(path, plan)
+    return plan
+
+
+def test_execute_writes_a_measured_trace_keyed_by_the_graphs_ids(tmp_path, capsys):
+    plan = write_plan(tmp_path / "plan.json", load_model("tiny-llama"), splits=4, chunks=2)
+    ids = [[5, 6, 7, 8, 9, 10, 11, 12], [1, 2, 3, 4, 5, 6, 7, 8]]
+    code = main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu",
+                 "--prompt-ids", json.dumps(ids), "--warmup-steps", "1"])
+    assert code == 0
+    trace = load_document(Trace, tmp_path / "m.json")
+    assert trace.source == "measured" and trace.plan_fingerprint == plan.fingerprint()
+    assert [r.id for r in trace.records] == [op.id for op in build_graph(plan).operations]
+    assert all(r.end_s >= r.start_s >= 0 for r in trace.records)
+    assert trace.prompt_ids == ids and len(trace.generated_ids) == 2 and len(trace.generated_ids[0]) == 4
+    assert trace.summary.warmup_steps_excluded == 1 and len(trace.summary.step_times_s) == 3
+    for key in ("kv_copy_GBps", "pinned_bytes", "timing_overhead"):
+        assert key in trace.extra
+    assert trace.extra["pinned_bytes"] == 0  # CPU mode pins nothing
+    assert any("warm-up" in note for note in trace.notes)
+    assert "wrote" in capsys.readouterr().out
+
+
+def _tokenizer(folder, vocab_size):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {f"w{i}": i for i in range(1, vocab_size)} | {"[UNK]": 0}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]")
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+def test_a_transformers_checkpoint_runs_through_python_m_advisor_with_a_text_prompt(tmp_path):
+    reference = hf_model(load_model("tiny-opt"))
+    folder = tmp_path / "ckpt"
+    reference.save_pretrained(str(folder), safe_serialization=True)
+    _tokenizer(folder, reference.config.vocab_size)
+    prompt = "w5 w17 w3 w900 w42 w8"
+    spec = load_model(str(folder))  # the plan is made from the checkpoint's config.json
+    plan = write_plan(tmp_path / "plan.json", spec, batch=2, prompt=6, gen=5, splits=3, chunks=2)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    run = subprocess.run([sys.executable, "-m", "advisor", "execute", str(tmp_path / "plan.json"), "-o",
+                          str(tmp_path / "m.json"), "--device", "cpu", "--checkpoint", str(folder), "--prompt", prompt],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0, run.stderr
+    trace = load_document(Trace, tmp_path / "m.json")
+    assert trace.prompt_ids == [[5, 17, 3, 900, 42, 8]] * 2
+    _, tokens = hf_greedy(reference, torch.tensor(trace.prompt_ids), plan.workload.gen_len)
+    assert trace.generated_ids == tokens.t().tolist()
+    assert trace.generated_text == [" ".join(f"w{t}" if t else "[UNK]" for t in row) for row in trace.generated_ids]
+    assert "generated:" in run.stdout
+
+
+def test_a_llama_gqa_checkpoint_gives_transformers_tokens(tmp_path):
+    reference = hf_model(load_model("tiny-llama-gqa"))
+    folder = tmp_path / "llama"
+    reference.save_pretrained(str(folder), safe_serialization=True)
+    write_plan(tmp_path / "plan.json", load_model(str(folder)), batch=2, prompt=8, gen=4, splits=5, chunks=3)
+    ids = [[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]]
+    assert main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu",
+                 "--checkpoint", str(folder), "--prompt-ids", json.dumps(ids)]) == 0
+    trace = load_document(Trace, tmp_path / "m.json")
+    _, tokens = hf_greedy(reference, torch.tensor(ids), 4)
+    assert trace.generated_ids == tokens.t().tolist()
+    assert trace.generated_text is None  # no tokenizer in the folder
+
+
+def test_a_checkpoint_of_another_shape_is_refused(tmp_path, capsys):
+    reference = hf_model(load_model("tiny-opt"))
+    reference.save_pretrained(str(tmp_path / "ckpt"), safe_serialization=True)
+    write_plan(tmp_path / "plan.json", load_model("tiny-llama"))
+    code = main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu",
+                 "--checkpoint", str(tmp_path / "ckpt")])
+    assert code == 2 and "family is opt" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_is_refused_with_a_clear_message_when_absent(tmp_path, capsys):
+    write_plan(tmp_path / "plan.json", load_model("tiny-opt"))
+    code = main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cuda"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no CUDA device" in err and "--device cpu" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.json").exists()
+
+
+def test_a_plan_that_does_not_fit_host_memory_is_refused_before_allocating(tmp_path, capsys, monkeypatch):
+    import backend.command as command
+
+    monkeypatch.setattr(command, "host_available_bytes", lambda: 2 * 10**9 + 1000)
+    monkeypatch.setattr(command.Runtime, "__init__", lambda *a, **k: pytest.fail("allocated"))
+    write_plan(tmp_path / "plan.json", load_model("tiny-opt"), splits=4)
+    code = main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "host memory: the plan needs" in err
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("failure", [KeyboardInterrupt, torch.cuda.OutOfMemoryError])
+def test_a_failure_mid_run_releases_memory_and_leaves_no_file(tmp_path, monkeypatch, failure):
+    import backend.command as command
+
+    released = []
+    original = command.Runtime.release
+
+    def spy(self):
+        released.append(self.host_stores is not None)
+        original(self)
+
+    def fail(self, *args, **kwargs):
+        raise failure("simulated")
+
+    monkeypatch.setattr(command.Runtime, "release", spy)
+    monkeypatch.setattr(command.Executor, "run", fail)
+    write_plan(tmp_path / "plan.json", load_model("tiny-opt"), splits=4)
+    code = main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu"])
+    assert code == (130 if failure is KeyboardInterrupt else 2)
+    assert released and released[0]  # the stores were still held, and were released
+    assert not (tmp_path / "m.json").exists()
+    assert not list(tmp_path.glob(".m.json*"))
+
+
+@pytest.mark.parametrize("ids, message", [
+    ("[1, 2, 3]", "has 3 tokens"),
+    ("[[1, 2, 3, 4, 5, 6, 7, 8]]", "1 sequences"),
+    ("[1, 2, 3, 4, 5, 6, 7, 100000]", "outside"),
+    ("{", "not JSON"),
+])
+def test_prompt_ids_are_checked_against_the_plan(tmp_path, capsys, ids, message):
+    write_plan(tmp_path / "plan.json", load_model("tiny-opt"))
+    code = main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu",
+                 "--prompt-ids", ids])
+    assert code == 2 and message in capsys.readouterr().err
+
+
+def test_a_text_prompt_without_a_tokenizer_is_refused(tmp_path, capsys):
+    write_plan(tmp_path / "plan.json", load_model("tiny-opt"))
+    code = main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu",
+                 "--prompt", "hello"])
+    assert code == 2 and "needs a tokenizer" in capsys.readouterr().err
+
+
+def test_the_backend_never_imports_textual():
+    code = ("import sys, backend.command, backend.executor, backend.runtime, bench.gpu_check; "
+            "sys.exit('textual' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr

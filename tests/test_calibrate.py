@@ -1,0 +1,309 @@
+"""`advisor calibrate`: known parameters recovered from noisy synthetic traces, bad input refused.
+
+Synthetic measurements are the simulator's predicted traces on a profile with known numbers
+(the "truth"), with ±2% multiplicative noise on every operation's duration, relabelled as
+measured on the device. Calibration starts from the shipped profile and must find the truth.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from advisor import timemodel
+from advisor.calibrate import calibrate, calibrate_run, make_run
+from advisor.catalog import load_hardware, load_model
+from advisor.cli import main
+from advisor.documents import GemmCurve, HardwareProfile, Plan, RatePoint, Trace, Workload, load_document, write_document
+from advisor.plans import make_plan
+from simulator import simulate_plan
+
+
+def scaled_curves(hw, factor):
+    return [GemmCurve(n=c.n, k=c.k, points=[RatePoint(m=p.m, flops=p.flops * factor) for p in c.points])
+            for c in hw.gemm]
+
+
+def h100_truth(h100):
+    """The H100 profile with every calibrated parameter moved to a known value."""
+    return h100.model_copy(update=dict(
+        h2d=h100.h2d.model_copy(update=dict(latency_s=12e-6, bandwidth_Bps=40e9)),
+        d2h=h100.d2h.model_copy(update=dict(latency_s=6e-6, bandwidth_Bps=48e9)),
+        bidirectional_total_Bps=70e9,
+        attention_Bps=1.5e12,
+        memory_bound_Bps=2.0e12,
+        launch_overhead_s=7e-6,
+        gemm=scaled_curves(h100, 0.8),
+    ))
+
+
+def noisy_measurement(plan, truth, seed, device="cuda", noise=0.02, warmup=0, slow_warmup=1.0):
+    """The simulated trace of `plan` on `truth`, durations × (1 ± noise), as a measured trace."""
+    trace = simulate_plan(plan.model_copy(update={"hardware": truth}))
+    rng = np.random.default_rng(seed)
+    records = []
+    for r in trace.records:
+        factor = 1 + rng.uniform(-noise, noise)
+        step = r.id.split(".")[0][1:]
+        if step != "p" and int(step) < warmup:
+            factor *= slow_warmup
+        records.append(r.model_copy(update={"end_s": r.start_s + (r.end_s - r.start_s) * factor}))
+    summary = trace.summary.model_copy(update={"warmup_steps_excluded": warmup})
+    return trace.model_copy(update={"records": records, "source": "measured", "device": device,
+                                    "summary": summary})
+
+
+H100_RUNS = [  # batch, prompt, split, chunks, layers with weights on the GPU
+    (8, 512, 300, 2, 32),
+    (4, 1024, 600, 4, 28),
+    (16, 256, 100, 1, 32),
+    (8, 768, 0, 1, 30),
+]
+
+
+def h100_runs(h100, opt67, truth, gen_len=6):
+    runs = []
+    for i, (batch, prompt, split, chunks, on_gpu) in enumerate(H100_RUNS):
+        plan = make_plan(opt67, h100, Workload(batch=batch, prompt_len=prompt, gen_len=gen_len),
+                         splits=split, chunks=chunks, weights_gpu_layers=on_gpu)
+        runs.append(make_run(f"run{i}.json", plan, noisy_measurement(plan, truth, seed=i), h100))
+    return runs
+
+
+def within(value, expected, tolerance=0.05):
+    return abs(value / expected - 1) <= tolerance
+
+
+def test_calibration_recovers_known_parameters_from_noisy_synthetic_traces(h100, opt67):
+    truth = h100_truth(h100)
+    runs = h100_runs(h100, opt67, truth)
+    fitted = calibrate(h100, runs).profile
+
+    assert within(fitted.h2d.latency_s, 12e-6) and within(fitted.h2d.bandwidth_Bps, 40e9)
+    assert within(fitted.d2h.latency_s, 6e-6) and within(fitted.d2h.bandwidth_Bps, 48e9)
+    assert within(fitted.bidirectional_total_Bps, 70e9)
+    assert within(fitted.attention_Bps, 1.5e12)
+    assert within(fitted.memory_bound_Bps, 2.0e12)
+    assert within(fitted.launch_overhead_s, 7e-6)
+    # every GEMM rate the traces can see on its own: the only GEMM of its operation, and
+    # compute-bound on the true profile (memory-bound ones do not depend on the rate)
+    checked = 0
+    for run in runs:
+        for op in run.graph.operations:
+            if len(op.gemms) != 1:
+                continue
+            m, n, k = op.gemms[0]
+            rate = timemodel.curve_for(truth, n, k).at(m)
+            if 2.0 * m * n * k / rate > (n * k + m * k + m * n) * 2 / truth.memory_bound_Bps:
+                assert within(timemodel.curve_for(fitted, n, k).at(m), rate), (n, k, m)
+                checked += 1
+    assert checked > 50
+
+
+def test_calibrated_profile_predicts_a_held_out_plan_within_5_percent(h100, opt67):
+    truth = h100_truth(h100)
+    fitted = calibrate(h100, h100_runs(h100, opt67, truth)).profile
+    held_out = make_plan(opt67, h100, Workload(batch=8, prompt_len=640, gen_len=5), splits=400, chunks=2,
+                         weights_gpu_layers=32)
+    true_steps = simulate_plan(held_out.model_copy(update={"hardware": truth})).summary.step_times_s
+    fitted_steps = simulate_plan(held_out.model_copy(update={"hardware": fitted})).summary.step_times_s
+    shipped_steps = simulate_plan(held_out).summary.step_times_s
+    for true, got, shipped in zip(true_steps, fitted_steps, shipped_steps):
+        assert within(got, true, 0.05)
+        assert not within(shipped, true, 0.10)  # the starting profile was really off
+
+
+def test_cpu_mode_copies_fit_exactly_and_lanes_stay_apart():
+    cpu, tiny = load_hardware("cpu-generic"), load_model("tiny-opt")
+    truth = cpu.model_copy(update=dict(
+        h2d=cpu.h2d.model_copy(update=dict(latency_s=4e-6, bandwidth_Bps=2e9)),
+        d2h=cpu.d2h.model_copy(update=dict(latency_s=3e-6, bandwidth_Bps=3e9)),
+        launch_overhead_s=20e-6, gemm=scaled_curves(cpu, 0.25),
+    ))
+    runs = []
+    for i, (batch, prompt, split) in enumerate([(4, 32, 16), (8, 48, 0), (2, 64, 40)]):
+        plan = make_plan(tiny, cpu, Workload(batch=batch, prompt_len=prompt, gen_len=5), splits=split, chunks=2,
+                         weights_gpu_layers=1)
+        runs.append(make_run(f"cpu{i}.json", plan, noisy_measurement(plan, truth, i, device="cpu", noise=0.0), cpu))
+    fitted = calibrate(cpu, runs).profile
+    assert fitted.device_kind == "cpu" and not fitted.lanes_overlap and fitted.bidirectional_total_Bps is None
+    assert fitted.h2d.latency_s == pytest.approx(4e-6, rel=1e-4)
+    assert fitted.h2d.bandwidth_Bps == pytest.approx(2e9, rel=1e-4)
+    assert fitted.d2h.bandwidth_Bps == pytest.approx(3e9, rel=1e-4)
+    assert fitted.launch_overhead_s == pytest.approx(20e-6, rel=0.02)
+
+
+def test_warmup_steps_are_left_out(h100, opt67):
+    truth = h100_truth(h100)
+    plan = make_plan(opt67, h100, Workload(batch=8, prompt_len=512, gen_len=7), splits=300, chunks=2,
+                     weights_gpu_layers=32)
+    clean = calibrate(h100, [make_run("a.json", plan, noisy_measurement(plan, truth, 1, warmup=2), h100)])
+    slow = calibrate(h100, [make_run("b.json", plan, noisy_measurement(plan, truth, 1, warmup=2, slow_warmup=5.0),
+                                     h100)])
+    for field in ("attention_Bps", "memory_bound_Bps", "launch_overhead_s"):
+        assert getattr(slow.profile, field) == pytest.approx(getattr(clean.profile, field), rel=1e-9)
+    assert slow.profile.h2d.bandwidth_Bps == pytest.approx(clean.profile.h2d.bandwidth_Bps, rel=1e-9)
+
+
+def test_the_profile_records_the_runs_it_was_calibrated_from(h100, opt67):
+    runs = h100_runs(h100, opt67, h100_truth(h100))[:2]
+    profile = calibrate(h100, runs).profile
+    assert profile.name == "h100-pcie5-calibrated"
+    for run in runs:
+        assert any(run.name in used and run.trace.plan_fingerprint in used
+                   for used in profile.provenance.calibrated_from)
+    assert "calibration" in profile.provenance.sources
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def files(tmp_path, h100, opt67):
+    """plan.json and measured.json (a synthetic H100 measurement of it), and a second plan."""
+    plan = make_plan(opt67, h100, Workload(batch=8, prompt_len=512, gen_len=5), splits=300, chunks=2,
+                     weights_gpu_layers=32)
+    other = make_plan(opt67, h100, Workload(batch=8, prompt_len=512, gen_len=5), splits=200, chunks=2,
+                      weights_gpu_layers=32)
+    write_document(tmp_path / "plan.json", plan)
+    write_document(tmp_path / "other.json", other)
+    write_document(tmp_path / "measured.json", noisy_measurement(plan, h100_truth(h100), 0))
+    return tmp_path
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_calibrates_with_the_plan_given(files, capsys):
+    out = files / "fitted.json"
+    code, printed, _ = run_cli(["calibrate", str(files / "measured.json"), "--plan", str(files / "plan.json"),
+                                "--hardware", "h100-pcie5", "-o", str(out)], capsys)
+    assert code == 0
+    profile = load_document(HardwareProfile, out)
+    assert within(profile.h2d.bandwidth_Bps, 40e9)
+    assert "h2d" in printed and "wrote" in printed
+
+
+def test_cli_finds_the_plan_beside_the_trace_or_named_in_it(files, capsys):
+    (files / "measured.plan.json").write_text((files / "plan.json").read_text())
+    code, _, err = run_cli(["calibrate", str(files / "measured.json"), "--hardware", "h100-pcie5",
+                            "-o", str(files / "a.json")], capsys)
+    assert code == 0, err
+    (files / "measured.plan.json").unlink()
+    trace = load_document(Trace, files / "measured.json")
+    trace.extra["plan_path"] = "plan.json"  # relative to the trace's folder
+    write_document(files / "named.json", trace)
+    code, _, err = run_cli(["calibrate", str(files / "named.json"), "--hardware", "h100-pcie5",
+                            "-o", str(files / "b.json")], capsys)
+    assert code == 0, err
+
+
+def bad(files, name, change):
+    trace = load_document(Trace, files / "measured.json")
+    trace = change(trace)
+    write_document(files / name, trace)
+    return str(files / name)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other plan", "recorded for plan"),
+    ("other device", "device kind cuda"),
+    ("empty", "no records"),
+    ("unknown ids", "is not an operation of"),
+    ("no plan", "which plan was executed"),
+])
+def test_bad_input_one_line_exit_2_nothing_written(files, capsys, case, message):
+    plan = ["--plan", str(files / "plan.json")]
+    if case == "other plan":
+        args = [str(files / "measured.json"), "--plan", str(files / "other.json")]
+    elif case == "other device":
+        args = [bad(files, "cpu.json", lambda t: t.model_copy(update={"device": "cpu"}))] + plan
+    elif case == "empty":
+        args = [bad(files, "empty.json", lambda t: t.model_copy(update={"records": []}))] + plan
+    elif case == "unknown ids":
+        args = [bad(files, "ids.json", lambda t: t.model_copy(update={"records": [
+            r.model_copy(update={"id": r.id.replace(".L3.", ".L99.")}) for r in t.records]}))] + plan
+    else:
+        args = [str(files / "measured.json")]
+    out = files / "out.json"
+    code, _, err = run_cli(["calibrate", *args, "--hardware", "h100-pcie5", "-o", str(out)], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+    assert not out.exists()
+
+
+def test_execute_hook_calibrates_from_the_run_just_measured(files):
+    plan = load_document(Plan, files / "plan.json")
+    trace = load_document(Trace, files / "measured.json")
+    result = calibrate_run(plan, trace, str(files / "after.json"), "measured.json")
+    written = load_document(HardwareProfile, files / "after.json")
+    assert written == result.profile
+    assert result.error_after_pct < 2.0 < result.error_before_pct
+    assert json.loads((files / "after.json").read_text())["provenance"]["calibrated_from"]
+
+
+# --- the CPU loop: execute (the backend), calibrate, judge on a held-out workload ------------
+
+
+@pytest.fixture
+def one_thread():
+    """CPU-mode timings on one intra-op thread: robust when another process takes a core."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_cpu_loop_calibrating_on_one_workload_halves_the_error_on_another(tmp_path, capsys, one_thread):
+    cpu, tiny = load_hardware("cpu-generic"), load_model("tiny-opt")
+    wrong = cpu.model_copy(update=dict(  # copies and GEMMs 4× slower than the rough CPU figures
+        name="cpu-wrong",
+        h2d=cpu.h2d.model_copy(update={"bandwidth_Bps": cpu.h2d.bandwidth_Bps / 4}),
+        d2h=cpu.d2h.model_copy(update={"bandwidth_Bps": cpu.d2h.bandwidth_Bps / 4}),
+        gemm=scaled_curves(cpu, 0.25),
+    ))
+    a = make_plan(tiny, wrong, Workload(batch=4, prompt_len=32, gen_len=8), splits=16, chunks=2, weights_gpu_layers=1)
+    b = make_plan(tiny, wrong, Workload(batch=8, prompt_len=48, gen_len=8), splits=30, chunks=1, weights_gpu_layers=1)
+    for name, plan in (("a", a), ("b", b)):
+        write_document(tmp_path / f"{name}.plan.json", plan)
+    # workload A, calibrated right after the run (advisor execute --calibrate)
+    assert main(["execute", str(tmp_path / "a.plan.json"), "-o", str(tmp_path / "a.json"), "--device", "cpu",
+                 "--calibrate", str(tmp_path / "calibrated.json")]) == 0
+    assert main(["execute", str(tmp_path / "b.plan.json"), "-o", str(tmp_path / "b.json"), "--device", "cpu"]) == 0
+    calibrated = load_document(HardwareProfile, tmp_path / "calibrated.json")
+    assert any("a.json" in used for used in calibrated.provenance.calibrated_from)
+    write_document(tmp_path / "b-calibrated.plan.json", b.model_copy(update={"hardware": calibrated}))
+    capsys.readouterr()
+
+    def judged(plan_file):
+        assert main(["compare", str(tmp_path / plan_file), str(tmp_path / "b.json"), "--json",
+                     "--chrome", str(tmp_path / "chrome.json")]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    before, after = judged("b.plan.json"), judged("b-calibrated.plan.json")
+    assert after["overall"]["median_error_pct"] * 2 <= before["overall"]["median_error_pct"], (before, after)
+    assert after["step_error"]["median_pct"] * 2 <= before["step_error"]["median_pct"], (before, after)
+
+
+def test_gpu_calibration_bench_runs_in_its_cpu_mode(tmp_path, capsys, one_thread):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_calibration_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_calibration_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--tiny", "--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "held-out decode step time" in printed and "target" in printed
+    report = json.loads(next((tmp_path / "out").glob("calibration-cpu-tiny-*.json")).read_text())
+    assert [(r["calibrated_on"], r["judged_on"]) for r in report["results"]] == [(4, 8), (8, 4)]
+    for r in report["results"]:
+        assert r["calibrated"]["median_pct"] < r["profile_only"]["median_pct"]
+        assert r["calibrated"]["steps"] == 5 * 4  # five splits, four counted steps each
+    assert list((tmp_path / "results").glob("calibration-cpu-tiny-*.txt"))
+    assert (tmp_path / "out" / "profiled.json").exists()

@@ -1,0 +1,98 @@
+"""`advisor tune`: the loop's candidates, its convergence to the true profile's plan, the CPU run."""
+
+import re
+import time
+
+import numpy as np
+import pytest
+
+from advisor.catalog import load_hardware, load_model
+from advisor.cli import main
+from advisor.documents import GemmCurve, HardwareProfile, Plan, RatePoint, Workload, load_document, write_document
+from advisor.plans import make_plan
+from advisor.scheduler import Request, plan as solve
+from advisor.tune import neighbours, same_plan, short_plan, tune
+from simulator import simulate_plan
+
+
+def test_neighbours_move_the_split_by_a_tenth_and_halve_and_double_the_chunks():
+    tiny, cpu = load_model("tiny-opt"), load_hardware("cpu-generic")
+    base = make_plan(tiny, cpu, Workload(batch=8, prompt_len=50, gen_len=4, gpu_batches=2), splits=[20, 21, 52],
+                     chunks=2, schedule="column", weights_gpu_layers=1)
+    found = {label: p for label, p in neighbours(base)}
+    assert found["split -5"].splits == [15, 16, 47]
+    assert found["split +5"].splits == [25, 26, 52]  # never past the context (50 + step)
+    assert found["4 chunks"].chunks == 4 and found["1 chunks"].chunks == 1
+    assert found["4 GPU batches"].workload.gpu_batches == 4 and found["1 GPU batches"].workload.gpu_batches == 1
+    for p in found.values():  # everything else as in the base plan
+        assert p.workload.batch == 8 and p.weights_gpu_layers == 1 and p.schedule == "column"
+
+
+def test_short_plan_keeps_batch_prompt_and_first_splits():
+    tiny, cpu = load_model("tiny-opt"), load_hardware("cpu-generic")
+    full = make_plan(tiny, cpu, Workload(batch=4, prompt_len=32, gen_len=20), splits=list(range(10, 29)), chunks=2)
+    short = short_plan(full, steps=3, warmup=1)
+    assert short.workload.gen_len == 5 and short.workload.decode_steps == 4
+    assert short.splits == [10, 11, 12, 13] and short.chunks == 2 and short.workload.batch == 4
+    assert short.store.act_tokens == 13 and short.store.kv_from == 10
+
+
+def test_the_loop_finds_the_plan_the_true_profile_gives(h100, opt67):
+    """Measurements simulated on a 'true' machine whose GEMMs are 20× slower than the profile's:
+    the first plan recomputes everything, the tuned one must be the true machine's own plan."""
+    truth = h100.model_copy(update={"gemm": [
+        GemmCurve(n=c.n, k=c.k, points=[RatePoint(m=p.m, flops=p.flops * 0.05) for p in c.points])
+        for c in h100.gemm]})
+
+    def measure_on_truth(plans, device, warmup):
+        rng = np.random.default_rng(len(plans))
+        traces = []
+        for p in plans:
+            trace = simulate_plan(p.model_copy(update={"hardware": truth}))
+            records = [r.model_copy(update={"end_s": r.start_s + (r.end_s - r.start_s) * (1 + rng.uniform(-.02, .02))})
+                       for r in trace.records]
+            summary = trace.summary.model_copy(update={"warmup_steps_excluded": warmup})
+            traces.append(trace.model_copy(update={"records": records, "source": "measured", "device": "cuda",
+                                                   "summary": summary}))
+        return traces
+
+    request = Request(opt67, h100, batch=8, prompt_len=2000, gen_len=48, gpu_kv_budget_bytes=0)
+    lines = []
+    outcome = tune(request, "cuda", rounds=4, steps=4, execute=measure_on_truth, log=lines.append)
+    ideal = solve(Request(opt67, truth, batch=8, prompt_len=2000, gen_len=48, gpu_kv_budget_bytes=0))
+    assert not same_plan(outcome.first_plan, ideal)
+    assert same_plan(outcome.final_plan, ideal), (outcome.final_plan.splits[:3], ideal.splits[:3])
+    assert len(outcome.rounds) <= 4 and "stopped changing" in outcome.stopped
+    assert outcome.final.measured_s < 0.5 * outcome.first.measured_s  # the tuned plan is really faster
+    assert outcome.final.predicted_s == pytest.approx(outcome.final.measured_s, rel=0.05)
+    assert abs(outcome.first.predicted_s / outcome.first.measured_s - 1) > 0.5  # the start was far off
+    assert outcome.profile.provenance.calibrated_from and outcome.final_plan.hardware == outcome.profile
+
+
+def test_cli_tune_on_the_cpu_ends_within_its_rounds_and_reports(tmp_path, capsys):
+    cpu = load_hardware("cpu-generic")
+    wrong = cpu.model_copy(update=dict(  # copies 50× too slow, GEMMs 20× too fast: recompute looks free
+        name="cpu-wrong", h2d=cpu.h2d.model_copy(update={"bandwidth_Bps": 1e8}),
+        gemm=[GemmCurve(n=c.n, k=c.k, points=[RatePoint(m=p.m, flops=p.flops * 20) for p in c.points])
+              for c in cpu.gemm]))
+    write_document(tmp_path / "wrong.json", wrong)
+    began = time.perf_counter()
+    code = main(["tune", "--model", "tiny-opt", "--hardware", str(tmp_path / "wrong.json"), "--batch", "8",
+                 "--prompt-len", "48", "--gen-len", "32", "--gpu-kv-budget", "0", "--schedule", "column",
+                 "--device", "cpu", "--rounds", "3", "--steps", "3",
+                 "-o", str(tmp_path / "tuned.json"), "--profile-output", str(tmp_path / "hw.json")])
+    elapsed = time.perf_counter() - began
+    printed = capsys.readouterr().out
+    assert code == 0 and elapsed < 60
+    rounds = re.findall(r"^round (\d+):", printed, re.M)
+    assert 1 <= len(rounds) <= 3
+    first = re.search(r"^first plan: .*predicted ([\d.]+) ms .*measured ([\d.]+) ms", printed, re.M)
+    final = re.search(r"^final plan: .*predicted ([\d.]+) ms .*measured ([\d.]+) ms", printed, re.M)
+    assert first and final, printed
+    assert all(float(x) > 0 for x in first.groups() + final.groups())
+    plan = load_document(Plan, tmp_path / "tuned.json")
+    profile = load_document(HardwareProfile, tmp_path / "hw.json")
+    assert plan.hardware == profile and profile.name == "cpu-wrong-tuned"
+    assert profile.provenance.calibrated_from and plan.workload.gen_len == 32
+    # the measured copies were far faster than the wrong profile said
+    assert profile.h2d.bandwidth_Bps > 5 * wrong.h2d.bandwidth_Bps
