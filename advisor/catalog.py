@@ -66,6 +66,12 @@ def load_model(name_or_path: str) -> ModelSpec:
     return load_document(ModelSpec, found)
 
 
+def rope_theta(cfg: dict) -> float:
+    """rope θ from a config written by transformers 4 (top level) or 5 (`rope_parameters`)."""
+    params = cfg.get("rope_parameters") or {}
+    return float(params.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
+
+
 def model_from_hf_config(folder: Path) -> ModelSpec:
     """A ModelSpec from a Hugging Face checkpoint folder's config.json (OPT and Llama families)."""
     config_path = folder / "config.json"
@@ -79,6 +85,11 @@ def model_from_hf_config(folder: Path) -> ModelSpec:
     dtype = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(
         str(cfg.get("torch_dtype") or cfg.get("dtype") or "float16"), "fp16")
     where = str(config_path)
+    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if rope.get("rope_type") not in (None, "default"):
+        raise UserError(f"{where}: rope scaling {rope.get('rope_type')!r} is not supported")
+    if kind in ("llama", "mistral") and cfg.get("mlp_bias"):
+        raise UserError(f"{where}: Llama with MLP biases is not supported")
     try:
         if kind == "opt":
             if not cfg.get("do_layer_norm_before", True) or cfg.get("word_embed_proj_dim", cfg["hidden_size"]) != cfg["hidden_size"]:
@@ -99,7 +110,7 @@ def model_from_hf_config(folder: Path) -> ModelSpec:
                 head_dim=cfg.get("head_dim") or hidden // heads, ffn_hidden=cfg["intermediate_size"],
                 vocab_size=cfg["vocab_size"], max_positions=cfg["max_position_embeddings"], norm="rmsnorm",
                 activation="swiglu", position="rotary", bias=bool(cfg.get("attention_bias", False)),
-                rope_theta=float(cfg.get("rope_theta", 10000.0)), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                rope_theta=rope_theta(cfg), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
                 tie_embeddings=cfg.get("tie_word_embeddings", False), dtype=dtype, source=where,
             )
         else:

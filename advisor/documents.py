@@ -148,8 +148,8 @@ class ModelSpec(Document):
         attn = h * (h + 2 * kv) + h * h
         mlp = self.mlp_matrices * h * f
         extra = 2 * h * (2 if self.norm == "layernorm" else 1)
-        if self.bias:
-            extra += (h + 2 * kv) + h + f + h
+        if self.bias:  # OPT: every projection; Llama (attention_bias): Q/K/V and out only
+            extra += (h + 2 * kv) + h + ((f + h) if self.activation == "relu" else 0)
         return attn + mlp + extra
 
     def embedding_params(self) -> int:

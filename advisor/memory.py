@@ -25,37 +25,72 @@ class GpuMemory:
     resident_kv: int
     kv_buffers: int
     workspace: int
+    tokens_and_logits: int
     reserved: int
 
     @property
     def total(self) -> int:
+        return self.allocated + self.reserved
+
+    @property
+    def allocated(self) -> int:
+        """What the backend allocates (everything but the profile's reserve)."""
         return (self.weights + self.weight_buffers + self.resident_kv + self.kv_buffers
-                + self.workspace + self.reserved)
+                + self.workspace + self.tokens_and_logits)
+
+    def items(self) -> dict[str, int]:
+        return {"weights": self.weights, "weight slots": self.weight_buffers, "resident KV": self.resident_kv,
+                "KV and activation buffers": self.kv_buffers, "prefill workspace": self.workspace,
+                "tokens and logits": self.tokens_and_logits}
+
+
+MLP_ROWS = 16384  # the backend runs a prefill MLP over at most this many rows at a time
+ATTENTION_ROWS = 32768  # and its attention over at most this many (or one prompt)
 
 
 def resident_kv_bytes_per_layer(model: ModelSpec, workload: Workload, p: int) -> int:
     return shapes.kv_bytes(model, workload.batch, workload.max_context, p)
 
 
+def prefill_workspace_bytes(model: ModelSpec, workload: Workload, p: int) -> int:
+    """The prefill's peak (a unit's attention), as the backend allocates it: every GPU batch's
+    hidden state; the unit's normalised input, Q, K, V, attention output and out projection; the
+    K/V and activations of the unit before, still being stored; the attention and MLP temporaries."""
+    h, kv, f = model.hidden, model.kv_dim, model.ffn_hidden
+    b, G, T = workload.gpu_batch_size, workload.gpu_batches, workload.prompt_len
+    rows = b * T
+    up = f * (2 if model.activation == "swiglu" else 1)
+    mlp_rows = min(rows, MLP_ROWS)
+    attn_rows = min(rows, max(T, ATTENTION_ROWS))
+    return (rows * ((G + 4) * h + 2 * (2 * kv + h)) + attn_rows * 3 * h + mlp_rows * (up + f + h)) * p
+
+
 def gpu_memory(model: ModelSpec, hw: HardwareProfile, workload: Workload, p: int,
-               weights_gpu_layers: int, resident_kv_layers: int, offload: bool) -> GpuMemory:
+               weights_gpu_layers: int, resident_kv_layers: int, offload: bool,
+               act_tokens: int | None = None, max_context: int | None = None,
+               layer_bytes: int | None = None) -> GpuMemory:
+    """GPU bytes of a configuration, item by item, as the backend allocates them.
+
+    `act_tokens` (the activation buffer's tokens) defaults to every stored token, the most any split
+    needs; `max_context` to the workload's; `layer_bytes` to the model's parameter count (the
+    backend passes its aligned layout's size).
+    """
     layers = model.num_layers
-    layer_bytes = shapes.layer_weight_bytes(model, p)
+    layer_bytes = shapes.layer_weight_bytes(model, p) if layer_bytes is None else layer_bytes
     b = workload.gpu_batch_size
+    context = workload.max_context if max_context is None else max_context
+    acts = workload.stored_tokens if act_tokens is None else act_tokens
     resident = layers if not offload else resident_kv_layers
     kv_buffers = 0
     if resident < layers:
-        kv_buffers = 2 * (shapes.kv_bytes(model, b, workload.max_context, p)
-                          + shapes.act_bytes(model, b, workload.stored_tokens, p))
-    rows = b * workload.prompt_len
-    up = model.ffn_hidden * (2 if model.activation == "swiglu" else 1)
-    workspace = rows * (3 * model.hidden + 2 * model.kv_dim + up) * p + workload.batch * model.vocab_size * 4
+        kv_buffers = 2 * (shapes.kv_bytes(model, b, context, p) + shapes.act_bytes(model, b, acts, p))
     return GpuMemory(
         weights=weights_gpu_layers * layer_bytes + model.embedding_params() * p,
         weight_buffers=2 * layer_bytes if weights_gpu_layers < layers else 0,
-        resident_kv=resident * resident_kv_bytes_per_layer(model, workload, p),
+        resident_kv=resident * shapes.kv_bytes(model, workload.batch, context, p),
         kv_buffers=kv_buffers,
-        workspace=workspace,
+        workspace=prefill_workspace_bytes(model, workload, p),
+        tokens_and_logits=workload.gen_len * workload.batch * 8 + 2 * workload.batch * model.vocab_size * 4,
         reserved=hw.gpu_reserved_bytes,
     )
 

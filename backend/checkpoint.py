@@ -10,12 +10,12 @@ for `--prompt` and the generated text.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
+from advisor.catalog import model_from_hf_config
 from advisor.documents import ModelSpec
 from advisor.errors import UserError
 from backend.model import OPT_POSITION_OFFSET, GlobalWeights, LayerLayout, LayerWeights
@@ -23,69 +23,23 @@ from backend.model import OPT_POSITION_OFFSET, GlobalWeights, LayerLayout, Layer
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def read_config(folder: Path) -> dict:
-    path = Path(folder) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except OSError:
-        raise UserError(f"{folder}: no config.json: not a Hugging Face checkpoint folder") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"{path}: not JSON: {error.msg}") from None
-
-
-def rope_theta(cfg: dict, default: float) -> float:
-    """rope_theta from a config written by transformers 4 (top level) or 5 (`rope_parameters`)."""
-    params = cfg.get("rope_parameters") or {}
-    if "rope_theta" in params:
-        return float(params["rope_theta"])
-    return float(cfg.get("rope_theta", default))
-
-
 def checkpoint_spec(plan_model: ModelSpec, folder: Path) -> ModelSpec:
-    """The plan's model with the checkpoint's numerics (rope θ, norm ε), after checking the shapes agree."""
+    """The plan's model with the checkpoint's numerics (rope θ, norm ε, biases), after checking
+    that the checkpoint's config (read by `advisor.catalog`) has the plan's shapes."""
     folder = Path(folder)
-    cfg = read_config(folder)
-    kind = cfg.get("model_type")
-    family = {"opt": "opt", "llama": "llama", "mistral": "llama"}.get(kind)
+    found = model_from_hf_config(folder)
     where = str(folder / "config.json")
-    if family is None:
-        raise UserError(f"{where}: model_type {kind!r} is not supported (opt, llama, mistral are)")
-    rope_type = (cfg.get("rope_parameters") or {}).get("rope_type") or (cfg.get("rope_scaling") or {}).get("rope_type")
-    if rope_type not in (None, "default"):
-        raise UserError(f"{where}: rope scaling {rope_type!r} is not supported")
-    if family == "opt" and (not cfg.get("do_layer_norm_before", True)
-                            or cfg.get("word_embed_proj_dim", cfg.get("hidden_size")) != cfg.get("hidden_size")):
-        raise UserError(f"{where}: this OPT variant (post-norm or projected embeddings) is not supported")
-    if family == "llama" and cfg.get("mlp_bias"):
-        raise UserError(f"{where}: Llama with MLP biases is not supported")
-    hidden, heads = cfg.get("hidden_size"), cfg.get("num_attention_heads")
-    found = {
-        "family": family,
-        "num_layers": cfg.get("num_hidden_layers"),
-        "hidden": hidden,
-        "num_heads": heads,
-        "num_kv_heads": cfg.get("num_key_value_heads") or heads,
-        "ffn_hidden": cfg.get("ffn_dim") if family == "opt" else cfg.get("intermediate_size"),
-        "vocab_size": cfg.get("vocab_size"),
-    }
-    if family == "llama":
-        found["head_dim"] = cfg.get("head_dim") or (hidden // heads if hidden and heads else None)
-    wrong = [f"{key} is {value}, the plan's model has {getattr(plan_model, key)}"
-             for key, value in found.items() if value != getattr(plan_model, key)]
+    keys = ("family", "num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "ffn_hidden", "vocab_size")
+    wrong = [f"{key} is {getattr(found, key)}, the plan's model has {getattr(plan_model, key)}"
+             for key in keys if getattr(found, key) != getattr(plan_model, key)]
     if wrong:
         raise UserError(*(f"{where}: {line}" for line in wrong))
-    if cfg.get("max_position_embeddings", 0) < plan_model.max_positions:
-        raise UserError(f"{where}: max_position_embeddings {cfg.get('max_position_embeddings')} is below the "
+    if found.max_positions < plan_model.max_positions:
+        raise UserError(f"{where}: max_position_embeddings {found.max_positions} is below the "
                         f"plan model's {plan_model.max_positions}")
-    update: dict = {"source": str(folder)}
-    if family == "llama":
-        update["rope_theta"] = rope_theta(cfg, plan_model.rope_theta)
-        update["norm_eps"] = float(cfg.get("rms_norm_eps", plan_model.norm_eps))
-        update["bias"] = bool(cfg.get("attention_bias", False))
-        update["tie_embeddings"] = bool(cfg.get("tie_word_embeddings", False))
-    else:
-        update["bias"] = bool(cfg.get("enable_bias", True))
-        update["tie_embeddings"] = bool(cfg.get("tie_word_embeddings", True))
+    update = {"source": str(folder), "bias": found.bias, "tie_embeddings": found.tie_embeddings}
+    if found.family == "llama":
+        update.update(rope_theta=found.rope_theta, norm_eps=found.norm_eps)
     return plan_model.model_copy(update=update)
 
 

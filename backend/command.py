@@ -20,7 +20,6 @@ import torch
 
 from advisor.documents import Plan, Trace, load_document, write_document
 from advisor.errors import UserError
-from advisor.opgraph import PREFILL
 from advisor.tracesummary import summarise
 from backend.checkpoint import HFWeights, checkpoint_spec, load_tokenizer
 from backend.executor import Executor

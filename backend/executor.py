@@ -236,7 +236,6 @@ class Executor:
         return fn
 
     def _attention(self, op: Operation):
-        spec = self.spec
         unit, j = (op.step, op.layer, op.batch), op.batch
         w = self.weights_of[unit]
         if op.step == PREFILL:

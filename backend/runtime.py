@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from advisor import memory
 from advisor.documents import Plan
-from advisor.errors import UserError
 from backend.model import DTYPES, GlobalWeights, LayerLayout, LayerWeights, RandomWeights, Rotary
 from backend.stores import HostSlab, HostStores, Piece, StoreShape, slab_bytes, store_pieces
 
@@ -117,7 +117,7 @@ class Runtime:
         plan = cap.plan
         self.device = device = torch.device(device)
         self.spec = spec = plan.model
-        self.dtype = dtype = compute_dtype(plan, device)
+        self.dtype = compute_dtype(plan, device)
         self.layout = Layout.of(plan)
         self.layer_layout = LayerLayout(spec)
         wl = plan.workload
@@ -148,29 +148,12 @@ class Runtime:
         p = torch.tensor([], dtype=dtype).element_size()
         lay = Layout.of(plan)
         wl = plan.workload
-        b, G, T = wl.gpu_batch_size, wl.gpu_batches, wl.prompt_len
-        h, kv, f = spec.hidden, spec.kv_dim, spec.ffn_hidden
         layer = LayerLayout(spec).numel * p
-        glob = spec.vocab_size * h * (1 if spec.tie_embeddings else 2) + 2 * h
-        if spec.position == "learned":
-            glob += (spec.max_positions + 2) * h
-        pos = capacity.max_context
         need = MemoryNeed()
-        need.gpu["weights"] = glob * p + lay.weights_gpu_layers * layer
-        need.gpu["weight slots"] = 2 * layer if lay.streamed else 0
-        need.gpu["resident KV"] = lay.resident_kv_layers * G * 2 * pos * b * kv * p
-        need.gpu["KV and activation buffers"] = (2 * (2 * pos * b * kv + capacity.act_tokens * b * h) * p
-                                                 if lay.offloaded else 0)
-        rows = b * T
-        up = f * (2 if spec.activation == "swiglu" else 1)
-        mlp_rows = min(rows, 16384)
-        attn_rows = min(rows, max(T, 32768))
-        # prefill, at its peak (a unit's attention): every GPU batch's hidden state; the unit's
-        # normalised input, Q, K, V, attention output and out projection; the K/V and activations
-        # of the unit before, still being stored; the attention and MLP parts' temporaries
-        need.gpu["prefill workspace"] = (rows * ((G + 4) * h + 2 * (2 * kv + h))
-                                         + attn_rows * 3 * h
-                                         + mlp_rows * (up + f + h)) * p
+        need.gpu = memory.gpu_memory(
+            spec, plan.hardware, wl, p, lay.weights_gpu_layers, lay.resident_kv_layers, bool(lay.offloaded),
+            act_tokens=capacity.act_tokens, max_context=capacity.max_context, layer_bytes=layer,
+        ).items()
         need.gpu["tokens and logits"] = capacity.gen_len * wl.batch * 8 + 2 * wl.batch * spec.vocab_size * 4
         if device.type == "cuda":
             store = slab_bytes(store_pieces(_store_shape(capacity), lay.offloaded, dtype))

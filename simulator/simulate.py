@@ -17,6 +17,7 @@ profile without the GEMM curves the graph needs.
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
@@ -42,14 +43,27 @@ def _collector_paused() -> Iterator[None]:
 
     A decode run allocates an operation, an event or a record per operation and frees nothing,
     so the collector's full passes find nothing to free and cost more than the simulation.
+    Simulations may run in several threads at once (the TUI's workers): the last one to finish
+    restores the collector, counted under a lock.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
+    global _paused_runs, _collector_was_enabled
+    with _pause_lock:
+        if _paused_runs == 0:
+            _collector_was_enabled = gc.isenabled()
+            gc.disable()
+        _paused_runs += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _pause_lock:
+            _paused_runs -= 1
+            if _paused_runs == 0 and _collector_was_enabled:
+                gc.enable()
+
+
+_pause_lock = threading.Lock()
+_paused_runs = 0
+_collector_was_enabled = True
 
 
 def lanes_overlap(hw: HardwareProfile) -> bool:
