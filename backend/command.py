@@ -20,6 +20,7 @@ import torch
 
 from advisor.documents import Plan, Trace, load_document, write_document
 from advisor.errors import UserError
+from advisor.profile import cpu_mode_threads
 from advisor.tracesummary import summarise
 from backend.checkpoint import HFWeights, checkpoint_spec, load_tokenizer
 from backend.executor import Executor
@@ -233,9 +234,12 @@ def cmd_execute(args) -> int:
     tokenizer = load_tokenizer(folder)
     ids = prompt_ids(args, plan, tokenizer)
     check_machine(Capacity.of(run), device)
-    with Progress(quiet=False) as progress:
+    with Progress(quiet=False) as progress, cpu_mode_threads(device.type):
         trace, _ = run_plan(run, device, weights, ids, warmup_steps=args.warmup_steps, progress=progress,
                             fingerprint=plan.fingerprint())
+    # what `advisor calibrate measured.json` needs to find the plan and check the device
+    trace.extra["plan_path"] = str(Path(args.plan).resolve())
+    trace.extra["device_kind"] = device.type
     if tokenizer is not None:
         trace.generated_text = tokenizer.batch_decode(trace.generated_ids, skip_special_tokens=True)
     try:
@@ -263,11 +267,8 @@ def _pct(value) -> str:
 
 def _calibrate(args, plan: Plan, trace: Trace) -> None:
     """--calibrate OUT: refit the plan's hardware profile from this run (advisor.calibrate)."""
-    try:
-        from advisor.calibrate import calibrate_run
-    except ImportError:
-        raise UserError(f"--calibrate: `advisor calibrate` is not available in this build; the measured trace "
-                        f"is in {args.output}") from None
+    from advisor.calibrate import calibrate_run
+
     result = calibrate_run(plan, trace, args.calibrate, trace_name=str(args.output))
     for line in getattr(result, "lines", []):
         print(line)

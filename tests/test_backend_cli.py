@@ -45,6 +45,20 @@ def test_execute_writes_a_measured_trace_keyed_by_the_graphs_ids(tmp_path, capsy
     assert trace.extra["pinned_bytes"] == 0  # CPU mode pins nothing
     assert any("warm-up" in note for note in trace.notes)
     assert "wrote" in capsys.readouterr().out
+    assert trace.extra["plan_path"] == str((tmp_path / "plan.json").resolve())
+    assert trace.extra["device_kind"] == "cpu"
+
+
+def test_calibrate_finds_the_plan_a_measured_trace_names(tmp_path, capsys):
+    """`advisor execute` records its plan's path, so `advisor calibrate measured.json` needs no --plan."""
+    write_plan(tmp_path / "plan.json", load_model("tiny-opt"), splits=4, chunks=2, gen=6)
+    assert main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu"]) == 0
+    out = tmp_path / "calibrated.json"
+    assert main(["calibrate", str(tmp_path / "m.json"), "--hardware", "cpu-generic", "-o", str(out)]) == 0
+    from advisor.documents import HardwareProfile
+
+    profile = load_document(HardwareProfile, out)
+    assert any("m.json" in used for used in profile.provenance.calibrated_from)
 
 
 def _tokenizer(folder, vocab_size):
