@@ -31,6 +31,7 @@ from advisor.plans import make_plan
 from advisor.timemodel import copy_time, work_time
 
 MAX_SEGMENTS = 8
+REPLAN_GROWTH = 0.005  # re-plan once the context has grown by this share of the prompt
 US = 1e6  # the MILP counts microseconds: solver tolerances (1e-7) are then negligible
 SCREEN_SPLITS = 33
 CHUNK_CHOICES = (1, 2, 4, 8)
@@ -77,11 +78,16 @@ class Solution:
     segments: list[tuple[int, int]] = field(default_factory=list)
 
 
-def segments_of(steps: int, max_segments: int = MAX_SEGMENTS) -> list[tuple[int, int]]:
-    """Contiguous [first, last] step ranges that share one split."""
+def segments_of(steps: int, prompt_len: int = 0, max_segments: int = MAX_SEGMENTS) -> list[tuple[int, int]]:
+    """Contiguous [first, last] step ranges that share one split.
+
+    The split is re-planned as the context grows: at most `max_segments` times, and only once the
+    context has grown by about 1% of the prompt (the optimum moves in proportion to the context).
+    """
     if steps == 0:
         return []
-    count = min(max_segments, steps)
+    min_steps = max(1, math.ceil(REPLAN_GROWTH * prompt_len))
+    count = max(1, min(max_segments, steps, steps // min_steps))
     bounds = [steps * i // count for i in range(count + 1)]
     return [(bounds[i], bounds[i + 1] - 1) for i in range(count)]
 
@@ -486,7 +492,7 @@ def solve_splits(setup: Setup, forced: int | None = None, screened: int | None =
     if forced is not None or not recompute_pays(setup.model):
         split = forced or 0
         return Solution(splits=[split], objective_s=0.0, segments=[(0, steps - 1)])
-    segments = segments_of(steps)
+    segments = segments_of(steps, setup.workload.prompt_len)
     lin = LinearModel(setup, segments, screen_windows(setup, segments, screened))
     start = time.perf_counter()
     try:

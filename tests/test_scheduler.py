@@ -63,7 +63,7 @@ def test_splits_grow_with_the_context_when_recomputing_all_is_best(opt67, h100):
     result = plan(Request(opt67, h100, batch=8, prompt_len=1900, gen_len=129, gpu_kv_budget_bytes=0))
     assert result.splits == sorted(result.splits)
     assert result.splits[-1] > result.splits[0]
-    assert len(set(result.splits)) == len(segments_of(128))
+    assert len(set(result.splits)) == len(segments_of(128, 1900)) == 8  # at most 8, every 10+ steps
 
 
 def test_column_schedule_amortises_streamed_weights_over_gpu_batches(h100):
@@ -158,7 +158,7 @@ def test_host_memory_limit_binds_the_splits(opt67, h100):
     """Growing splits keep activations up to the largest and KV from the smallest: that costs host memory."""
     wl = Workload(batch=8, prompt_len=2000, gen_len=49)
     setup = Setup(opt67, h100, wl, 2, "row", 1, 32, 0, True, "pipelined")
-    linear = LinearModel(setup, segments_of(48))
+    linear = LinearModel(setup, segments_of(48, 1000))
     free = linear.solve()
     assert max(free.splits) > 2020  # unconstrained, the split follows the context
     free_cost = linear.evaluate(free.splits)
@@ -179,7 +179,7 @@ def test_windowed_solve_in_plan_equals_the_full_range_milp(h100, model, batch, p
     result = plan(Request(load_model(model), h100, batch, prompt, gen, schedule=schedule, gpu_kv_budget_bytes=0))
     setup = Setup.from_plan(result)
     setup = setup.__class__(**{**setup.__dict__, "act_tokens": None, "kv_from": None})
-    segments = segments_of(gen - 1)
+    segments = segments_of(gen - 1, prompt)
     full = LinearModel(setup, segments).solve()
     expected = [split for (first, last), split in zip(segments, full.splits) for _ in range(first, last + 1)]
     linear = LinearModel(setup, segments)
