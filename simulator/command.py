@@ -69,7 +69,9 @@ def cmd_simulate(args) -> int:
     steps = plan.workload.decode_steps
     step = steps // 2 if steps else PREFILL
     print()
-    print(text_timeline(plan, trace, step, getattr(args, "layers", 4) or 4))
+    # start where the KV cache is offloaded: layers whose KV stays on the GPU never wait for PCIe
+    first = plan.resident_kv_layers if plan.offload and plan.resident_kv_layers < plan.model.num_layers else 0
+    print(text_timeline(plan, trace, step, getattr(args, "layers", 4) or 4, first_layer=first))
     if args.output:
         print(f"wrote {args.output}")
     if args.chrome:

@@ -52,24 +52,31 @@ class Machine:
 
     # --- lanes ---------------------------------------------------------------------------------
 
+    def dependencies_done(self, i: int, ready: float):
+        """Wait until every dependency of operation `i` has an end time; the latest of them and `ready`.
+
+        An end time is known as soon as a fixed-duration operation starts, so most operations never
+        wait on an event; a waiter gets one event per missing dependency."""
+        end, waiters = self.end, self.waiters
+        for d in self.deps[i]:
+            e = end[d]
+            while e is None:
+                ev = waiters.get(d)
+                if ev is None:
+                    ev = waiters[d] = self.env.event()
+                yield ev
+                e = end[d]
+            if e > ready:
+                ready = e
+        return ready
+
     def fixed_lane(self, order: Sequence[int]):
         """Run `order` in issue order; every operation takes its precomputed duration."""
-        env, deps, end, start, duration, waiters = (
-            self.env, self.deps, self.end, self.start, self.duration, self.waiters)
-        timeout, event = env.timeout, env.event
+        env, end, start, duration, waiters = self.env, self.end, self.start, self.duration, self.waiters
+        timeout = env.timeout
         free = env.now
         for i in order:
-            ready = free
-            for d in deps[i]:
-                e = end[d]
-                while e is None:
-                    ev = waiters.get(d)
-                    if ev is None:
-                        ev = waiters[d] = event()
-                    yield ev
-                    e = end[d]
-                if e > ready:
-                    ready = e
+            ready = yield from self.dependencies_done(i, free)
             free = ready + duration[i]
             start[i] = ready
             end[i] = free
@@ -83,23 +90,13 @@ class Machine:
     def shared_copy_lane(self, order: Sequence[int], me: int, nbytes: Sequence[float],
                          latency: Sequence[float], rates: tuple[CopyRates, CopyRates]):
         """Run the copies of direction `me` in order, re-rated while the other direction is busy."""
-        env, deps, end, start, waiters = self.env, self.deps, self.end, self.start, self.waiters
-        timeout, event = env.timeout, env.event
+        env, end, start, waiters = self.env, self.end, self.start, self.waiters
+        timeout = env.timeout
         busy = self.busy
         other = 1 - me
         own, shared = rates[me].own_Bps, rates[me].shared_Bps
         for i in order:
-            ready = env.now
-            for d in deps[i]:
-                e = end[d]
-                while e is None:
-                    ev = waiters.get(d)
-                    if ev is None:
-                        ev = waiters[d] = event()
-                    yield ev
-                    e = end[d]
-                if e > ready:
-                    ready = e
+            ready = yield from self.dependencies_done(i, env.now)
             if ready > env.now:
                 yield timeout(ready - env.now)
             start[i] = env.now

@@ -9,6 +9,7 @@ half of the slice, and `.` where it is idle, so the GPU's waits for a transfer s
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 from advisor.documents import Plan, Trace
 from advisor.opgraph import PREFILL, parse_op_id
@@ -28,7 +29,7 @@ GLYPHS = {
 LANE_ROWS = ("h2d", "gpu", "d2h", "cpu")
 
 
-def _duration_text(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.3f} s"
     if seconds >= 1e-3:
@@ -36,82 +37,107 @@ def _duration_text(seconds: float) -> str:
     return f"{seconds * 1e6:.1f} µs"
 
 
-def text_timeline(plan: Plan, trace: Trace, step: int, layers: int = 4, width: int = 96) -> str:
-    """Lanes over the time of `step`'s first `layers` layers (all GPU batches; PREFILL for prefill)."""
-    layers = max(1, min(layers, plan.model.num_layers))
+@dataclass
+class StepWindow:
+    """The operations of a few layers of one step, laid out in `width` time columns."""
+
+    t0: float
+    span: float
+    dt: float
+    cover: dict[str, list[dict[str, float]]]  # lane → per column, seconds covered by each kind
+    used: set[str]
+    marks: str  # "L{layer}" where each layer's first GPU operation starts
+    gpu_waits: list[tuple[float, str]]  # (gap, id of the GPU operation that waited)
+
+    def cell(self, lane: str, column: int) -> tuple[str, float]:
+        """(kind covering most of the cell or '', seconds the lane is busy in it)."""
+        cell = self.cover[lane][column]
+        busy = sum(cell.values())
+        kind = max(cell.items(), key=lambda kv: kv[1])[0] if busy > 0 else ""
+        return kind, busy
+
+
+def step_window(trace: Trace, step: int, first_layer: int, layers: int, width: int,
+                from_first_gpu_op: bool = False) -> StepWindow | None:
+    """Lay out step `step`'s layers [first_layer, first_layer + layers) (None if it has none).
+
+    The window runs from the chosen operations' first start (or, with `from_first_gpu_op`, their
+    first GPU operation: their loads may start long before, behind the previous step's) to their
+    last end; every record overlapping it is drawn."""
     chosen = []
     for r in trace.records:
         s, layer, _, _, _ = parse_op_id(r.id)
-        if s == step and layer < layers:
+        if s == step and first_layer <= layer < first_layer + layers:
             chosen.append(r)
-    step_name = "prefill" if step == PREFILL else f"decode step {step}"
     if not chosen:
-        return f"{step_name}: no operations in the trace"
-    t0 = min(r.start_s for r in chosen)
+        return None
+    starters = [r for r in chosen if r.lane == "gpu"] if from_first_gpu_op else []
+    t0 = min(r.start_s for r in (starters or chosen))
     t1 = max(r.end_s for r in chosen)
     span = max(t1 - t0, 1e-12)
     dt = span / width
-
-    # time covered per (lane, column, glyph) by every record that overlaps the window
     cover: dict[str, list[dict[str, float]]] = {lane: [defaultdict(float) for _ in range(width)] for lane in LANE_ROWS}
     used = set()
-    gpu_waits: list[tuple[float, str]] = []
     for r in trace.records:
         if r.end_s <= t0 or r.start_s >= t1:
             continue
         used.add(r.lane)
-        glyph = GLYPHS.get(r.id.split(".")[3], "#")
+        kind = r.id.split(".")[3]
         a, b = max(r.start_s, t0), min(r.end_s, t1)
         first, last = int((a - t0) / dt), min(int((b - t0) / dt), width - 1)
-        cells = cover[r.lane]
         for c in range(first, last + 1):
-            lo, hi = t0 + c * dt, t0 + (c + 1) * dt
-            overlap = min(b, hi) - max(a, lo)
+            overlap = min(b, t0 + (c + 1) * dt) - max(a, t0 + c * dt)
             if overlap > 0:
-                cells[c][glyph] += overlap
+                cover[r.lane][c][kind] += overlap
 
-    # GPU waits inside the window: gaps between consecutive GPU operations of the chosen ones
-    gpu = sorted((r for r in chosen if r.lane == "gpu"), key=lambda r: r.start_s)
-    for prev, nxt in zip(gpu, gpu[1:]):
-        if nxt.start_s > prev.end_s:
-            gpu_waits.append((nxt.start_s - prev.end_s, nxt.id))
-
-    # layer marks above the GPU row: where each layer's first GPU operation starts
     marks = [" "] * width
     layer_start: dict[int, float] = {}
     for r in chosen:
         if r.lane in ("gpu", "cpu"):
-            _, layer, _, _, _ = parse_op_id(r.id)
+            layer = parse_op_id(r.id)[1]
             layer_start[layer] = min(layer_start.get(layer, r.start_s), r.start_s)
     for layer, t in sorted(layer_start.items()):
         label = f"L{layer}"
-        c = min(int((t - t0) / dt), width - len(label))
+        c = max(0, min(int((t - t0) / dt), width - len(label)))
         if all(ch == " " for ch in marks[c:c + len(label)]):
             marks[c:c + len(label)] = label
 
-    rows = [f"{step_name}, layers 0-{layers - 1}: {_duration_text(span)} "
-            f"(1 column = {_duration_text(dt)})",
-            f"      {''.join(marks)}"]
+    gpu = sorted((r for r in chosen if r.lane == "gpu"), key=lambda r: r.start_s)
+    waits = [(nxt.start_s - prev.end_s, nxt.id) for prev, nxt in zip(gpu, gpu[1:]) if nxt.start_s > prev.end_s]
+    return StepWindow(t0, span, dt, cover, used, "".join(marks), waits)
+
+
+def text_timeline(plan: Plan, trace: Trace, step: int, layers: int = 4, width: int = 96,
+                  first_layer: int = 0) -> str:
+    """Lanes over the time of `step`'s layers from `first_layer` (all GPU batches; PREFILL for prefill)."""
+    layers = max(1, min(layers, plan.model.num_layers - first_layer))
+    step_name = "prefill" if step == PREFILL else f"decode step {step}"
+    window = step_window(trace, step, first_layer, layers, width)
+    if window is None:
+        return f"{step_name}: no operations in the trace"
+    rows = [f"{step_name}, layers {first_layer}-{first_layer + layers - 1}: {duration_text(window.span)} "
+            f"(1 column = {duration_text(window.dt)})",
+            f"      {window.marks}"]
     for lane in LANE_ROWS:
-        if lane not in used and lane == "cpu":
+        if lane not in window.used and lane == "cpu":
             continue
         line = []
-        for cell in cover[lane]:
-            busy = sum(cell.values())
+        for column in range(width):
+            kind, busy = window.cell(lane, column)
             if busy <= 0:
                 line.append(".")
-            elif busy < 0.5 * dt:
+            elif busy < 0.5 * window.dt:
                 line.append(":")
             else:
-                line.append(max(cell.items(), key=lambda kv: kv[1])[0])
+                line.append(GLYPHS.get(kind, "#"))
         rows.append(f"{lane:>4s} |{''.join(line)}|")
     legend = ", ".join(f"{g} {k}" for k, g in GLYPHS.items())
     rows.append(f"      {legend}; ':' busy < half a column, '.' idle")
-    if gpu_waits:
-        total = sum(w for w, _ in gpu_waits)
-        longest, before = max(gpu_waits)
-        rows.append(f"      GPU waits {_duration_text(total)} in this window ({100 * total / span:.0f}%); "
-                    f"longest {_duration_text(longest)}, before {before}")
+    if window.gpu_waits:
+        total = sum(w for w, _ in window.gpu_waits)
+        longest, before = max(window.gpu_waits)
+        rows.append(f"      GPU waits {duration_text(total)} in this window ({100 * total / window.span:.0f}%); "
+                    f"longest {duration_text(longest)}, before {before}")
     else:
         rows.append("      the GPU does not wait in this window")
     return "\n".join(rows)
