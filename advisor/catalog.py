@@ -1,8 +1,9 @@
 """Finding hardware and model profiles by name or path.
 
-`--hardware` and `--model` accept a shipped name (`profiles/`), a user profile name (saved under
-`$ADVISOR_HOME`, default `~/.kvpr-advisor`, by `advisor profile` and `calibrate`), or a file; a
-model may also be a local Hugging Face checkpoint folder, read from its `config.json`.
+`--hardware` and `--model` accept a shipped name (`profiles/`), a user profile name (a JSON file
+the user keeps under `$ADVISOR_HOME/hardware` or `/models`, default `~/.kvpr-advisor`, such as the
+output of `advisor profile` or `calibrate`), or a file; a model may also be a local Hugging Face
+checkpoint folder, read from its `config.json`.
 """
 
 from __future__ import annotations
