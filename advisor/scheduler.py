@@ -17,6 +17,7 @@ larger than its KV, so recomputation cannot pay; the split is 0 and the plan say
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -189,7 +190,7 @@ class LinearModel:
 
     # --- the MILP -----------------------------------------------------------------------------
 
-    def solve(self, allowed_max: int | None = None) -> Solution:
+    def solve(self) -> Solution:
         prob = pulp.LpProblem("kvpr_splits", pulp.LpMinimize)
         objective = []
         splits, act_max, kv_min = [], None, None
@@ -198,8 +199,6 @@ class LinearModel:
         kv_min = prob.add_variable("kv_min", lowBound=0, upBound=stored)
         for k, (first, last) in enumerate(self.segments):
             low, top = self.windows[k]
-            if allowed_max is not None:
-                top = min(top, allowed_max)
             split = prob.add_variable(f"l{k}", lowBound=low, upBound=top, cat="Integer")
             splits.append(split)
             prob += act_max >= split
@@ -482,8 +481,6 @@ def screen_windows(setup: Setup, segments: list[tuple[int, int]], screened: int 
 
 def solve_splits(setup: Setup, forced: int | None = None, screened: int | None = None) -> Solution:
     """Per-segment splits by MILP (or the forced / GQA answer), with the solve time."""
-    import time
-
     steps = setup.workload.decode_steps
     if steps == 0:
         return Solution(splits=[], objective_s=0.0)
