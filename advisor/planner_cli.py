@@ -10,14 +10,23 @@ from advisor.errors import UserError
 from advisor.scheduler import Request, plan
 
 
-def request_from_args(args) -> Request:
-    model = load_model(args.model)
-    hardware = load_hardware(args.hardware)
-    budget = None if args.gpu_kv_budget is None else int(args.gpu_kv_budget * 1e9)
+def build_request(model, hardware, *, batch: int, prompt_len: int, gen_len: int, schedule=None, objective=None,
+                  gpu_batches=None, weights_on_gpu=None, gpu_kv_budget_gb=None, split=None, chunks=None,
+                  cost_model: str = "pipelined", dtype=None) -> Request:
+    """The scheduler's request for `advisor plan`'s options (the TUI builds its plans the same way)."""
+    budget = None if gpu_kv_budget_gb is None else int(gpu_kv_budget_gb * 1e9)
     return Request(
-        model=model, hardware=hardware, batch=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len,
-        schedule=args.schedule, objective=args.objective, gpu_batches=args.gpu_batches,
-        weights_on_gpu=args.weights_on_gpu, gpu_kv_budget_bytes=budget, split=args.split,
+        model=model, hardware=hardware, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
+        schedule=schedule, objective=objective, gpu_batches=gpu_batches, weights_on_gpu=weights_on_gpu,
+        gpu_kv_budget_bytes=budget, split=split, chunks=chunks, cost_model=cost_model, dtype=dtype,
+    )
+
+
+def request_from_args(args) -> Request:
+    return build_request(
+        load_model(args.model), load_hardware(args.hardware), batch=args.batch, prompt_len=args.prompt_len,
+        gen_len=args.gen_len, schedule=args.schedule, objective=args.objective, gpu_batches=args.gpu_batches,
+        weights_on_gpu=args.weights_on_gpu, gpu_kv_budget_gb=args.gpu_kv_budget, split=args.split,
         chunks=args.chunks, cost_model=args.cost_model, dtype=args.dtype,
     )
 

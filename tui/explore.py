@@ -23,6 +23,7 @@ from advisor.costs import Setup, sweep
 from advisor.documents import HardwareProfile, ModelSpec, Plan, Trace
 from advisor.errors import UserError
 from advisor.opgraph import PREFILL, parse_op_id
+from advisor.planner_cli import build_request
 from advisor.scheduler import Request, plan as solve_plan
 
 DEFAULT_MODEL = "opt-6.7b-8k"
@@ -131,14 +132,13 @@ class Explorer:
     # --- plans --------------------------------------------------------------------------------
 
     def request(self, inputs: Inputs, split: int | None) -> Request:
-        """The Request `advisor plan` builds for the same arguments (planner_cli.request_from_args)."""
-        budget = None if inputs.gpu_kv_budget_gb is None else int(inputs.gpu_kv_budget_gb * 1e9)
-        return Request(
-            model=self.model(inputs.model), hardware=self.hw(inputs.hardware), batch=inputs.batch,
+        """The Request `advisor plan` builds for the same arguments."""
+        return build_request(
+            self.model(inputs.model), self.hw(inputs.hardware), batch=inputs.batch,
             prompt_len=inputs.prompt_len, gen_len=inputs.gen_len, schedule=inputs.schedule,
             objective=inputs.objective, gpu_batches=inputs.gpu_batches, weights_on_gpu=inputs.weights_on_gpu,
-            gpu_kv_budget_bytes=budget, split=split, chunks=inputs.chunks, cost_model=inputs.cost_model,
-            dtype=inputs.dtype,
+            gpu_kv_budget_gb=inputs.gpu_kv_budget_gb, split=split, chunks=inputs.chunks,
+            cost_model=inputs.cost_model, dtype=inputs.dtype,
         )
 
     def plan(self, inputs: Inputs, split: int | None) -> Plan:
