@@ -341,14 +341,21 @@ class Profiler:
             self.m.gemm[h] = points
 
     def attention(self):
-        """Decode attention of one query token per sequence over a long KV: KV bytes per second."""
+        """Decode attention of one query token per sequence over a long KV: KV bytes per second.
+
+        Times the backend's own `attend_decode` on token-major K/V views (the layout of its KV
+        buffers), not `scaled_dot_product_attention` on head-major tensors: on the GPU the two take
+        different kernels (a fused decode kernel against bmm, softmax, bmm over strided K/V), and
+        the rate must predict what the backend runs.
+        """
+        from backend.model import attend_decode
+
         torch, dev = self.torch, self.device
         b, heads, context, d = self.s.attention
-        q = torch.randn(b, heads, 1, d, device=dev, dtype=self.dtype)
-        k = torch.randn(b, heads, context, d, device=dev, dtype=self.dtype)
-        v = torch.randn(b, heads, context, d, device=dev, dtype=self.dtype)
-        sdpa = torch.nn.functional.scaled_dot_product_attention
-        t = self.clock.median(lambda: sdpa(q, k, v))
+        q = torch.randn(b, heads, d, device=dev, dtype=self.dtype)
+        k = torch.randn(context, b, heads, d, device=dev, dtype=self.dtype)
+        v = torch.randn(context, b, heads, d, device=dev, dtype=self.dtype)
+        t = self.clock.median(lambda: attend_decode(q, k, v))
         self.m.attention_Bps = (k.numel() + v.numel()) * k.element_size() / t
         self.tick("attention")
 
@@ -431,8 +438,9 @@ def assemble(device: str, m: Measured, settings: Settings, name: str, elapsed_s:
         f"copies {settings.copy_sizes[0] // KiB} KiB..{settings.copy_sizes[-1] // KiB} KiB "
         f"({'pinned host ↔ GPU' if device == 'cuda' else 'memcpy between two host buffers'}) fitted to "
         f"latency + bytes/bandwidth (relative least squares); GEMM (M×h)·(h×2h) in "
-        f"{'fp16' if device == 'cuda' else 'fp32'}; attention: scaled_dot_product_attention of one query "
-        f"token over {settings.attention[2]} cached tokens, KV bytes / time; memory-bound: elementwise add, "
+        f"{'fp16' if device == 'cuda' else 'fp32'}; attention: the backend's decode attention (bmm, fp32 "
+        f"softmax, bmm over token-major K/V) of one query token over {settings.attention[2]} cached tokens, "
+        f"KV bytes / time; memory-bound: elementwise add, "
         f"3 × bytes / time; launch overhead: a one-element add issued back to back; took {elapsed_s:.1f} s"
     )
     sources = {"host": platform.node(), **m.facts}

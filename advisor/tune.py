@@ -121,6 +121,7 @@ def execute_plans(plans: list[Plan], device: str, warmup: int, seed: int = 0,
     from backend.lanes import make_lanes
     from backend.model import RandomWeights
     from backend.runtime import Capacity, Runtime, check_same_shape
+    from backend.stores import PinError
 
     dev = torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
     name = (f"cuda: {torch.cuda.get_device_name(dev)}, torch {torch.__version__}" if device == "cuda"
@@ -164,10 +165,11 @@ def execute_plans(plans: list[Plan], device: str, warmup: int, seed: int = 0,
                         extra={"device_kind": device, "warmup_steps": used_warmup, "run_wall_s": result.wall_s},
                         notes=["measured by advisor tune through the backend's executor (random weights)"],
                     )
-            except torch.cuda.OutOfMemoryError as error:
+            except (torch.cuda.OutOfMemoryError, PinError) as error:
+                what = "out of GPU memory" if isinstance(error, torch.cuda.OutOfMemoryError) else "pinning failed"
                 for p in members:
                     if on_skip:
-                        on_skip(p, f"out of GPU memory: {str(error).splitlines()[0] if str(error) else ''}")
+                        on_skip(p, f"{what}: {str(error).splitlines()[0] if str(error) else ''}")
             finally:
                 release(runtime, dev)
     return traces

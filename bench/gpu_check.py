@@ -23,6 +23,12 @@ and is excluded; the figure is the median of the remaining steps (full transfer 
 run twice, their steps pooled). The pinned bandwidth is profiled in the same run: a 1 GiB
 host-to-device copy from registered memory, median of 5 after 2 warm-ups. Results go to --out
 and, on the GPU, to bench/results/ with the date and the card.
+
+Output: under --out, gpu-check.json and gpu-check.txt are rewritten after every case (a run cut
+short keeps its finished cases, marked INCOMPLETE) and gpu-check.log has the progress lines; a
+case, sweep point or GPU-resident run that fails is reported as one `failed: ...` line and the
+others still run. Configs are also compared by value (max |Δ logit| against full transfer, and the
+GPU-resident cache against it): a missed cross-stream wait shows up there.
 """
 
 from __future__ import annotations
@@ -30,8 +36,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import re
+import signal
 import statistics
 import sys
 import time
@@ -41,12 +49,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# Case 2 fills ~95% of the card (22 layers' resident KV + buffers + a 4096-token prefill); with the
+# allocator's fixed segments, fragmentation alone can then raise OOM. Expandable segments avoid it.
+# Must be set before torch initialises CUDA; an explicit setting in the environment wins.
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
 import torch  # noqa: E402
 
+from advisor import memory  # noqa: E402
 from advisor.catalog import load_hardware, load_model  # noqa: E402
-from advisor.documents import ModelSpec, Plan, StorePolicy, Workload  # noqa: E402
+from advisor.documents import DTYPE_BYTES, ModelSpec, Plan, StorePolicy, Workload  # noqa: E402
+from advisor.errors import UserError  # noqa: E402
 from advisor.opgraph import PREFILL  # noqa: E402
 from advisor.plans import make_plan  # noqa: E402
+from backend.command import HOST_MARGIN_BYTES, host_available_bytes  # noqa: E402
 from backend.executor import Executor, decode_step_times  # noqa: E402
 from backend.lanes import make_lanes  # noqa: E402
 from backend.measure import copy_rate_Bps, timing_overhead  # noqa: E402
@@ -56,6 +72,22 @@ from backend.stores import HostSlab, Piece  # noqa: E402
 
 GB = 1e9
 WARMUP = 1
+
+
+def _brief(error: BaseException) -> str:
+    """One line for a report (CUDA OOM messages run to several hundred characters)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text[:300]}"
+
+
+def _sync_quietly(device: torch.device) -> None:
+    """Wait for in-flight copies before unpinning; after a CUDA error the sync itself raises, and
+    the release that follows must still run (else tens of GB stay pinned for the next case)."""
+    if device.type == "cuda":
+        try:
+            torch.cuda.synchronize(device)
+        except RuntimeError:
+            pass
 
 
 @dataclass
@@ -116,19 +148,31 @@ def lp_plan(case: Case, hardware) -> tuple[Plan, str]:
     """The scheduler's plan (advisor.scheduler: MILP over the splits), or a closed-form fallback."""
     try:
         from advisor.scheduler import Request, plan
-    except ImportError as error:  # pulp missing: DESIGN §1's closed form, nothing resident
+
+        request = Request(case.model, hardware, case.batch, case.prompt, case.gen, schedule=case.schedule,
+                          gpu_kv_budget_bytes=case.kv_budget_bytes, gpu_batches=case.gpu_batches,
+                          weights_on_gpu=case.weights_on_gpu)
+        return plan(request), "advisor.scheduler (MILP)"
+    except (ImportError, UserError) as error:
+        # pulp missing, or installed without a solver (PyPI's pulp 4.x ships none): DESIGN §1's
+        # closed form. Any other UserError is a real answer about the case and is passed on.
+        if isinstance(error, UserError) and "no MILP solver" not in str(error):
+            raise
         B, F, p = hardware.h2d.bandwidth_Bps, hardware.gemm[0].points[-1].flops, 2
         l_star = round(case.prompt / (1 + 2 * case.model.hidden * B / (p * F)))
         workload = Workload(batch=case.batch, prompt_len=case.prompt, gen_len=case.gen,
                             gpu_batches=case.gpu_batches or 1)
-        weights = round((1.0 if case.weights_on_gpu is None else case.weights_on_gpu) * case.model.num_layers)
+        L = case.model.num_layers
+        weights = round((1.0 if case.weights_on_gpu is None else case.weights_on_gpu) * L)
+        # as many layers' KV resident as fit (the scheduler's rule): with none resident, case 2's
+        # host store would be ~100 GB of the machine's 125 GB
+        resident = max(0, memory.max_resident_kv_layers(case.model, hardware, workload,
+                                                        DTYPE_BYTES[case.model.dtype], weights,
+                                                        case.kv_budget_bytes))
         return (make_plan(case.model, hardware, workload, splits=l_star, schedule=case.schedule,
-                          weights_gpu_layers=weights),
-                f"closed form (advisor.scheduler unavailable: {error})")
-    request = Request(case.model, hardware, case.batch, case.prompt, case.gen, schedule=case.schedule,
-                      gpu_kv_budget_bytes=case.kv_budget_bytes, gpu_batches=case.gpu_batches,
-                      weights_on_gpu=case.weights_on_gpu)
-    return plan(request), "advisor.scheduler (MILP)"
+                          weights_gpu_layers=weights, resident_kv_layers=min(resident, L),
+                          offload=resident < L),
+                f"closed form (advisor.scheduler unavailable: {str(error).splitlines()[0]})")
 
 
 def same_choices(lp: Plan, splits, resident: int | None = None) -> Plan:
@@ -143,6 +187,7 @@ def fit_residency(lp: Plan, others: list[Plan], device: torch.device) -> tuple[P
     """Keep fewer layers' KV resident if this runtime's own count does not fit the free GPU memory."""
     if device.type != "cuda" or not lp.offload:
         return lp, others, None
+    torch.cuda.empty_cache()  # blocks the previous case left cached count as used in mem_get_info
     free = torch.cuda.mem_get_info(device)[0] - 2 * 10**9
     resident = lp.resident_kv_layers
     while resident >= 0:
@@ -182,13 +227,14 @@ def pinned_bandwidth(device: torch.device) -> dict | None:
         del dev
         return out
     finally:
-        torch.cuda.synchronize()
+        _sync_quietly(device)
         slab.release()
+        torch.cuda.empty_cache()  # else the 1 GiB buffer stays cached and case 1 sees less free memory
 
 
 def measure(executor: Executor, plan: Plan, device: torch.device, runs: int = 1) -> dict:
     steps = range(plan.workload.decode_steps)
-    pooled, kv, act, tokens, walls = [], [], [], None, []
+    pooled, kv, act, tokens, logits, walls = [], [], [], None, None, []
     for _ in range(runs):
         result = executor.run(make_lanes(device), steps=steps)
         times = decode_step_times(plan, result.times, steps)
@@ -197,6 +243,7 @@ def measure(executor: Executor, plan: Plan, device: torch.device, runs: int = 1)
         act.append(copy_rate_Bps(result, ("load_act",), WARMUP))
         walls.append(result.wall_s)
         tokens = executor.rt.tokens.cpu().clone()
+        logits = executor.rt.logits.cpu().clone() if executor.rt.logits is not None else None
     step = statistics.median(pooled)
     kv_rates = [r for r in kv if r]
     act_rates = [r for r in act if r]
@@ -208,6 +255,7 @@ def measure(executor: Executor, plan: Plan, device: torch.device, runs: int = 1)
         "act_GBps": statistics.median(act_rates) / GB if act_rates else None,
         "wall_s": walls,
         "_tokens": tokens,
+        "_logits": logits,
     }
 
 
@@ -235,6 +283,12 @@ def run_case(case: Case, device: torch.device, hardware, deadline: float, log) -
         "notes": [note] if note else [],
     })
     capacity = Capacity.of(lp, base, *sweep.values())
+    host_need = Runtime.memory_need(capacity, device).host_total
+    available = host_available_bytes()
+    if available is not None and host_need > available - HOST_MARGIN_BYTES:
+        # refuse here rather than let the kernel's OOM killer end the whole check (and its report)
+        raise RuntimeError(f"host store needs {host_need / GB:.1f} GB; {available / GB:.1f} GB available "
+                           f"(of which {HOST_MARGIN_BYTES / GB:.0f} GB is kept free)")
     prefill_plan = lp.model_copy(update={"store": StorePolicy(act_tokens=capacity.act_tokens,
                                                               kv_from=capacity.kv_from)})
     log(f"case {case.key}: {case.title}: LP splits {describe_splits(lp)}, chunks {lp.chunks}, "
@@ -243,9 +297,11 @@ def run_case(case: Case, device: torch.device, hardware, deadline: float, log) -
     configs = []
     try:
         t = time.perf_counter()
-        runtime = Runtime(capacity, device, RandomWeights(0))
-        runtime.set_prompt(torch.randint(0, lp.model.vocab_size, (case.batch, case.prompt),
-                                         generator=torch.Generator().manual_seed(0)))
+        # logits kept (gen × batch × vocab fp32: 39 MB in case 2) so that configs can be compared by
+        # value: a missed cross-stream wait shows up as a large difference, while fp16 GEMMs of
+        # different M (prefill vs recompute) differ only slightly and may flip a near-tied token
+        runtime = Runtime(capacity, device, RandomWeights(0), keep_logits=True, progress=_pin_progress(log))
+        runtime.set_prompt(_prompt(case, lp))
         out["pinned_GB"] = runtime.pinned_bytes / GB
         out["host_store_GB"] = runtime.host_bytes / GB
         out["setup_s"] = time.perf_counter() - t
@@ -262,35 +318,81 @@ def run_case(case: Case, device: torch.device, hardware, deadline: float, log) -
             if time.perf_counter() > deadline and label not in ("full transfer (l = 0)", "LP plan"):
                 configs.append({"label": label, "splits": describe_splits(plan), "skipped": "time budget"})
                 continue
-            executor = executors[label] = Executor(runtime, plan)
-            result = measure(executor, plan, device, runs)
+            essential = label in ("full transfer (l = 0)", "LP plan")
+            try:
+                executor = Executor(runtime, plan)
+                result = measure(executor, plan, device, runs)
+            except Exception as error:  # a sweep point that fails (e.g. OOM) must not lose the case
+                if essential or device.type == "cpu":
+                    raise
+                configs.append({"label": label, "splits": describe_splits(plan), "skipped": f"failed: {_brief(error)}"})
+                log(f"  {label:24s} failed: {_brief(error)}")
+                continue
+            executors[label] = executor
             result.update(label=label, splits=describe_splits(plan), split=plan.splits[0])
             configs.append(result)
             log(f"  {label:24s} splits {result['splits']:>11s}: {result['step_ms']:9.2f} ms/step"
                 + (f", KV {result['kv_GBps']:.1f} GB/s" if result["kv_GBps"] else ""))
         if time.perf_counter() < deadline or device.type == "cpu":
-            out["timing_overhead"] = timing_overhead(executors["LP plan"], range(WARMUP, lp.workload.decode_steps))
+            try:
+                out["timing_overhead"] = timing_overhead(executors["LP plan"], range(WARMUP, lp.workload.decode_steps))
+            except Exception as error:
+                if device.type == "cpu":
+                    raise
+                out["notes"].append(f"timing overhead not measured: {_brief(error)}")
     finally:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync_quietly(device)
         if runtime is not None:
             runtime.release()
         runtime = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     measured = [c for c in configs if "step_ms" in c]
-    first = measured[0]["_tokens"]
+    first, first_logits = measured[0]["_tokens"], measured[0]["_logits"]
     out["tokens_agree"] = all(bool(torch.equal(c["_tokens"], first)) for c in measured)
+    out["max_logit_diff"] = _logit_diff([c["_logits"] for c in measured], first_logits)
     for c in measured:
-        del c["_tokens"]
+        del c["_tokens"], c["_logits"]
     out["configs"] = configs
     if case.resident:
-        out["resident"] = run_resident(lp, device, deadline, log)
+        try:
+            out["resident"] = run_resident(case, lp, device, deadline, log, first, first_logits)
+        except Exception as error:  # keep the offload results of the case
+            if device.type == "cpu":
+                raise
+            out["resident"] = {"skipped": f"failed: {_brief(error)}"}
+            log(f"  GPU-resident cache failed: {_brief(error)}")
     out["elapsed_s"] = time.perf_counter() - started
     return out
 
 
-def run_resident(lp: Plan, device: torch.device, deadline: float, log) -> dict:
+def _pin_progress(log):
+    """Log pinning at each quarter: at 1-3 GB/s a 30 GB store takes tens of seconds."""
+    last: dict[str, int] = {}
+
+    def progress(what: str, done: int, total: int) -> None:
+        if not what.startswith("pin") or not total:
+            return
+        quarter = 4 * done // total
+        if last.get(what) != quarter:
+            last[what] = quarter
+            log(f"  {what}: {done / GB:.1f} of {total / GB:.1f} GB")
+    return progress
+
+
+def _prompt(case: Case, plan: Plan) -> torch.Tensor:
+    return torch.randint(0, plan.model.vocab_size, (case.batch, case.prompt), generator=torch.Generator().manual_seed(0))
+
+
+def _logit_diff(all_logits: list, reference) -> float | None:
+    """Largest |Δ logit| of any config against the reference (decode steps only: index 0 is prefill's)."""
+    if reference is None or any(x is None for x in all_logits):
+        return None
+    return max(float((x[1:] - reference[1:]).abs().max()) for x in all_logits)
+
+
+def run_resident(case: Case, lp: Plan, device: torch.device, deadline: float, log,
+                 tokens=None, logits=None) -> dict:
     plan = make_plan(lp.model, lp.hardware, lp.workload, offload=False, schedule=lp.schedule, dtype=lp.dtype)
     need = Runtime.memory_need(Capacity.of(plan), device)
     if device.type == "cuda" and need.gpu_total > torch.cuda.mem_get_info(device)[0]:
@@ -299,17 +401,20 @@ def run_resident(lp: Plan, device: torch.device, deadline: float, log) -> dict:
         return {"skipped": "time budget"}
     runtime = None
     try:
-        runtime = Runtime(Capacity.of(plan), device, RandomWeights(0))
+        runtime = Runtime(Capacity.of(plan), device, RandomWeights(0), keep_logits=True)
+        runtime.set_prompt(_prompt(case, lp))  # the offloaded configs' prompt: the cache is their reference
         Executor(runtime, plan).run(make_lanes(device), steps=[PREFILL])
         result = measure(Executor(runtime, plan), plan, device, 1)
     finally:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        _sync_quietly(device)
         if runtime is not None:
             runtime.release()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    del result["_tokens"]
+    if tokens is not None:
+        result["tokens_agree_with_offload"] = bool(torch.equal(result["_tokens"], tokens))
+        result["max_logit_diff_vs_offload"] = _logit_diff([result["_logits"]], logits)
+    del result["_tokens"], result["_logits"]
     log(f"  {'GPU-resident cache':24s} {'':>18s}: {result['step_ms']:9.2f} ms/step")
     return result
 
@@ -358,10 +463,12 @@ def check_targets(report: dict) -> list[dict]:
 def table(report: dict) -> str:
     lines = [f"gpu_check {report['date']} on {report['card']} ({report['mode']} mode), torch {report['torch']}",
              report["method"]]
-    if report.get("pinned_bandwidth"):
-        pb = report["pinned_bandwidth"]
+    pb = report.get("pinned_bandwidth")
+    if pb and "h2d_GBps" in pb:
         lines.append(f"profiled pinned bandwidth (1 GiB, median of 5): h2d {pb['h2d_GBps']:.1f} GB/s, "
                      f"d2h {pb['d2h_GBps']:.1f} GB/s")
+    elif pb:
+        lines.append(f"profiled pinned bandwidth: {pb.get('failed', 'n/a')}")
     for case in report["cases"]:
         lines.append("")
         lines.append(f"case {case['key']}: {case['title']}")
@@ -375,7 +482,8 @@ def table(report: dict) -> str:
                      f"speedup {_num(lp['predicted_speedup'], 3)}")
         lines.append(f"  pinned {case.get('pinned_GB', 0):.2f} GB; setup {case.get('setup_s', 0):.1f} s, "
                      f"prefill {case.get('prefill_s', 0):.1f} s; "
-                     f"tokens agree across configs: {case.get('tokens_agree')}")
+                     f"tokens agree across configs: {case.get('tokens_agree')}, "
+                     f"max |Δ logit| {_num(case.get('max_logit_diff'), 4)}")
         lines.append(f"  {'config':26s} {'splits':>11s} {'step ms':>10s} {'tokens/s':>10s} "
                      f"{'KV GB/s':>8s} {'act GB/s':>8s}")
         for c in case.get("configs", []):
@@ -387,7 +495,9 @@ def table(report: dict) -> str:
         if "resident" in case:
             r = case["resident"]
             if "step_ms" in r:
-                lines.append(f"  {'GPU-resident cache':26s} {'':>11s} {r['step_ms']:10.2f} {r['tokens_per_s']:10.1f}")
+                lines.append(f"  {'GPU-resident cache':26s} {'':>11s} {r['step_ms']:10.2f} {r['tokens_per_s']:10.1f}"
+                             f"   (tokens agree with offload: {r.get('tokens_agree_with_offload')}, "
+                             f"max |Δ logit| {_num(r.get('max_logit_diff_vs_offload'), 4)})")
             else:
                 lines.append(f"  GPU-resident cache: skipped ({r['skipped']})")
         if case.get("timing_overhead"):
@@ -401,6 +511,8 @@ def table(report: dict) -> str:
                      f"{ {True: 'PASS', False: 'FAIL', None: 'not judged'}[check['pass']] }")
     if report["mode"] != "gpu":
         lines.append("  (CPU mode: the timing targets apply on the GPU only)")
+    if not report.get("complete", True):
+        lines.append("INCOMPLETE: written after the last finished case; the run did not reach its end")
     lines.append(f"total {report['elapsed_s']:.1f} s")
     return "\n".join(lines)
 
@@ -411,7 +523,8 @@ def _num(value, digits: int = 2) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="folder for gpu-check.json and gpu-check.txt")
+    parser.add_argument("--out", required=True, help="folder for gpu-check.json, gpu-check.txt (rewritten after "
+                        "every case) and gpu-check.log")
     parser.add_argument("--tiny", action="store_true", help="CPU mode with tiny shapes (the test suite runs this)")
     parser.add_argument("--cases", default="1,2,3,4")
     parser.add_argument("--steps", type=int, default=5, help="decode steps per run (the first is a warm-up)")
@@ -439,9 +552,15 @@ def main(argv: list[str] | None = None) -> int:
         cases = gpu_cases(args.steps)
         card = torch.cuda.get_device_name(device)
     wanted = set(args.cases.split(","))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = (out / "gpu-check.log").open("w")
 
     def log(text: str) -> None:
-        print(f"[{time.perf_counter() - started:6.1f} s] {text}", flush=True)
+        line = f"[{time.perf_counter() - started:6.1f} s] {text}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
 
     report = {
         "date": datetime.date.today().isoformat(),
@@ -449,47 +568,75 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "tiny" if args.tiny else "gpu",
         "torch": torch.__version__,
         "method": __doc__.split("Method: ")[1].split("\n\n")[0].replace("\n", " "),
-        "pinned_bandwidth": pinned_bandwidth(device),
+        "pinned_bandwidth": None,
         "cases": [],
+        "complete": False,
     }
-    if report["pinned_bandwidth"]:
-        log(f"pinned bandwidth: {report['pinned_bandwidth']}")
-    for case in cases:
-        if case.key not in wanted:
-            continue
-        if time.perf_counter() > deadline:
-            report["cases"].append({"key": case.key, "title": case.title, "skipped": "time budget",
-                                    "targets": case.targets, "prompt": case.prompt, "batch": case.batch})
-            continue
+
+    def write(final: bool) -> str:
+        """gpu-check.json/.txt under --out: after every case (so a run cut short by the machine's
+        time limit still leaves its finished cases) and once more at the end."""
+        report["checks"] = check_targets(report)
+        if args.tiny:  # CPU timings say nothing about the GPU targets: report, do not judge
+            for check in report["checks"]:
+                check["pass"] = None
+        report["complete"] = final
+        report["elapsed_s"] = time.perf_counter() - started
+        text = table(report)
+        (out / "gpu-check.json").write_text(json.dumps(report, indent=1) + "\n")
+        (out / "gpu-check.txt").write_text(text + "\n")
+        return text
+
+    def on_sigterm(signum, frame):  # `timeout` sends SIGTERM first: end through the finally below
+        raise SystemExit(124)
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if not args.tiny else None
+    try:
         try:
-            result = run_case(case, device, hardware, deadline, log)
-        except Exception as error:  # one failing case must not lose the others' results
+            report["pinned_bandwidth"] = pinned_bandwidth(device)
+        except Exception as error:  # e.g. cudaHostRegister refused: say so, and still try the cases
             if device.type == "cpu":
                 raise
-            result = {"key": case.key, "title": case.title, "skipped": f"failed: {type(error).__name__}: {error}"}
-            log(f"case {case.key} failed: {error}")
-        result.update(targets=case.targets, prompt=case.prompt, batch=case.batch)
-        report["cases"].append(result)
-    report["checks"] = check_targets(report)
-    if args.tiny:  # CPU timings say nothing about the GPU targets: report, do not judge
-        for check in report["checks"]:
-            check["pass"] = None
-    report["elapsed_s"] = time.perf_counter() - started
-    text = table(report)
+            report["pinned_bandwidth"] = {"failed": f"failed: {_brief(error)}"}
+        if report["pinned_bandwidth"]:
+            log(f"pinned bandwidth: {report['pinned_bandwidth']}")
+        for case in cases:
+            if case.key not in wanted:
+                continue
+            if time.perf_counter() > deadline:
+                report["cases"].append({"key": case.key, "title": case.title, "skipped": "time budget",
+                                        "targets": case.targets, "prompt": case.prompt, "batch": case.batch})
+                log(f"case {case.key} skipped: time budget")
+                continue
+            try:
+                result = run_case(case, device, hardware, deadline, log)
+            except Exception as error:  # one failing case must not lose the others' results
+                if device.type == "cpu":
+                    raise
+                result = {"key": case.key, "title": case.title, "skipped": f"failed: {_brief(error)}"}
+                log(f"case {case.key} failed: {_brief(error)}")
+            result.update(targets=case.targets, prompt=case.prompt, batch=case.batch)
+            report["cases"].append(result)
+            write(final=False)
+        text = write(final=True)
+    finally:
+        if not report["complete"]:
+            write(final=False)
+        log_file.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     print(text)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu-check.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "gpu-check.txt").write_text(text + "\n")
     results = args.results_dir or (None if args.tiny else str(ROOT / "bench" / "results"))
     if results:
         slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-").lower()
         stem = Path(results) / f"gpu-check-{report['date']}-{slug}"
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-        stem.with_suffix(".txt").write_text(text + "\n")
+        try:
+            stem.parent.mkdir(parents=True, exist_ok=True)
+            stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+            stem.with_suffix(".txt").write_text(text + "\n")
+        except OSError as error:  # --out already holds everything
+            print(f"gpu_check: could not also write {stem}.*: {error}", file=sys.stderr)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
