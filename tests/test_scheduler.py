@@ -125,7 +125,7 @@ def configurations(draw):
     return Setup(model, hw, workload, 2, schedule, chunks, weights, resident, True, variant)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(configurations())
 def test_milp_equals_brute_force_of_the_linearised_model_and_is_within_1pct_of_the_curved_one(setup):
     steps = setup.workload.decode_steps
