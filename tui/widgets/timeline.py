@@ -15,21 +15,21 @@ from rich.text import Text
 from textual.widgets import Static
 
 from advisor.documents import Trace
-from simulator.timeline import LANE_ROWS, duration_text, step_window
+from simulator.timeline import GLYPHS, LANE_ROWS, duration_text, step_window
 
-KINDS = {  # kind: (glyph, colour)
-    "load_weights": ("W", "blue"),
-    "load_act": ("a", "magenta"),
-    "load_kv": ("k", "cyan"),
-    "store_kv": ("s", "cyan"),
-    "store_act": ("t", "magenta"),
-    "qkv": ("q", "green"),
-    "recompute_kv": ("r", "bright_magenta"),
-    "attention": ("A", "yellow"),
-    "mlp": ("m", "green"),
-    "out": ("o", "green"),
-    "sample": ("S", "white"),
+COLOURS = {
+    "load_weights": "blue",
+    "load_act": "magenta",
+    "load_kv": "cyan",
+    "store_kv": "cyan",
+    "store_act": "magenta",
+    "qkv": "green",
+    "recompute_kv": "bright_magenta",
+    "attention": "yellow",
+    "mlp": "green",
+    "sample": "white",
 }
+KINDS = {kind: (glyph, COLOURS.get(kind, "white")) for kind, glyph in GLYPHS.items()}  # the simulator's letters
 KIND_GLYPHS = {kind: (glyph, Style(color=colour)) for kind, (glyph, colour) in KINDS.items()}
 IDLE_GPU = Style(color="red", bold=True)
 DIM = Style(dim=True)
