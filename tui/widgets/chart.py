@@ -19,6 +19,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from tui.explore import Curve
+from tui.widgets.runs import append_runs
 
 BLOCKS = " ▁▂▃▄▅▆▇█"
 AXIS_W = 9  # y-axis labels
@@ -52,35 +53,23 @@ class Canvas:
 
     def rows(self, base: Style) -> list[Text]:
         """One Text per row (top first), with runs of one style appended together."""
-        out = []
-        for cy in range(self.height):
-            from_bottom = self.height - 1 - cy
-            text = Text()
-            run, run_style = [], None
-            for cx in range(self.width):
-                glyph = self.glyphs.get((cy, cx))
-                if glyph:
-                    char, style = glyph
-                else:
-                    fill = int(self.levels[cx]) - 8 * from_bottom
-                    # the cell holding the column's level shows it (eighths); the marked columns
-                    # (optimum, current) are filled below it, the others left open: a line
-                    if 0 < fill <= 8:
-                        char = BLOCKS[fill]
-                    elif fill > 8 and cx in self.column_styles:
-                        char = "█"
-                    else:
-                        char = " "
-                    style = self.column_styles.get(cx, base)
-                if style is not run_style and run:
-                    text.append("".join(run), run_style)
-                    run = []
-                run_style = style
-                run.append(char)
-            if run:
-                text.append("".join(run), run_style)
-            out.append(text)
-        return out
+        return [append_runs(Text(), (self.cell(cy, cx, base) for cx in range(self.width)))
+                for cy in range(self.height)]
+
+    def cell(self, cy: int, cx: int, base: Style) -> tuple[str, Style]:
+        glyph = self.glyphs.get((cy, cx))
+        if glyph:
+            return glyph
+        fill = int(self.levels[cx]) - 8 * (self.height - 1 - cy)
+        # the cell holding the column's level shows it (eighths); the marked columns
+        # (optimum, current) are filled below it, the others left open: a line
+        if 0 < fill <= 8:
+            char = BLOCKS[fill]
+        elif fill > 8 and cx in self.column_styles:
+            char = "█"
+        else:
+            char = " "
+        return char, self.column_styles.get(cx, base)
 
 
 def _fmt(value: float) -> str:

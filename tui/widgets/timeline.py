@@ -16,6 +16,7 @@ from textual.widgets import Static
 
 from advisor.documents import Trace
 from simulator.timeline import GLYPHS, LANE_ROWS, duration_text, step_window
+from tui.widgets.runs import append_runs
 
 COLOURS = {
     "load_weights": "blue",
@@ -49,22 +50,16 @@ def render_timeline(trace: Trace, step: int, first_layer: int, layers: int, widt
         if lane not in window.used and lane == "cpu":
             continue
         row = Text(f"{lane:>{LABEL_W - 1}} │", style="bold")
-        run, run_style = [], None
+        cells = []
         for column in range(width):
             kind, busy = window.cell(lane, column)
             if busy <= 0:
-                glyph, style = "·", IDLE_GPU if lane == "gpu" else DIM
+                cells.append(("·", IDLE_GPU if lane == "gpu" else DIM))
             elif busy < 0.5 * window.dt:
-                glyph, style = ":", DIM
+                cells.append((":", DIM))
             else:
-                glyph, style = KIND_GLYPHS.get(kind, ("#", DIM))
-            if style is not run_style and run:
-                row.append("".join(run), run_style)
-                run = []
-            run_style = style
-            run.append(glyph)
-        if run:
-            row.append("".join(run), run_style)
+                cells.append(KIND_GLYPHS.get(kind, ("#", DIM)))
+        append_runs(row, cells)
         row.append("│", style="bold")
         text.append("\n")
         text.append_text(row)
