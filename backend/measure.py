@@ -41,12 +41,15 @@ def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 2) 
         return None
     device = executor.rt.device
     timed, untimed = [], []
-    for _ in range(repeats):
-        untimed.append(executor.run(make_lanes(device, timing=False), steps=steps).wall_s)
-        timed.append(executor.run(make_lanes(device, timing=True), steps=steps).wall_s)
+    for i in range(repeats):
+        # alternate which goes first, so that a drift over the repeats favours neither
+        for timing in ((False, True) if i % 2 == 0 else (True, False)):
+            wall = executor.run(make_lanes(device, timing=timing), steps=steps).wall_s
+            (timed if timing else untimed).append(wall)
     best_timed, best_untimed = min(timed), min(untimed)
     return {
         "timed_step_s": best_timed / len(steps),
         "untimed_step_s": best_untimed / len(steps),
         "overhead": best_timed / best_untimed - 1.0 if best_untimed > 0 else 0.0,
+        "repeats": repeats,
     }
