@@ -3,12 +3,13 @@
 - Copy bandwidth: bytes the copies of some kinds really moved, over the time they took (sum of
   their event-timed durations), counting only steps after the warm-up.
 - Timing overhead: the same decode steps are issued again (which is idempotent: they read what
-  prefill stored and store the same values again) with timing events off and on, alternately; the
-  overhead is the best timed wall time over the best untimed one, minus one.
+  prefill stored and store the same values again) one at a time, with timing events off and on
+  back to back; the overhead is the median over these pairs of timed / untimed, minus one.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 
 import torch
@@ -35,21 +36,30 @@ def copy_rate_Bps(result: RunResult, kinds: Sequence[str], min_step: int = 0) ->
 
 
 def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 2) -> dict[str, float] | None:
-    """Wall time of `steps` with and without timing events, and the relative overhead."""
+    """Wall time of decode steps with and without timing events, and the relative overhead.
+
+    Each step is run on its own, untimed and timed back to back (which one first alternates), and
+    the overhead is the median over these pairs of timed / untimed − 1. Pairs close in time see
+    the same PCIe rate, which on a shared host drifts by 10-45% over hundreds of milliseconds:
+    comparing the best of longer runs could not resolve a few percent there.
+    """
     steps = list(steps)
     if not steps:
         return None
     device = executor.rt.device
-    timed, untimed = [], []
+    timed, untimed, ratios = [], [], []
     for i in range(repeats):
-        # alternate which goes first, so that a drift over the repeats favours neither
-        for timing in ((False, True) if i % 2 == 0 else (True, False)):
-            wall = executor.run(make_lanes(device, timing=timing), steps=steps).wall_s
-            (timed if timing else untimed).append(wall)
-    best_timed, best_untimed = min(timed), min(untimed)
+        for n, step in enumerate(steps):
+            walls = {}
+            for timing in ((False, True) if (i + n) % 2 == 0 else (True, False)):
+                walls[timing] = executor.run(make_lanes(device, timing=timing), steps=[step]).wall_s
+            timed.append(walls[True])
+            untimed.append(walls[False])
+            if walls[False] > 0:
+                ratios.append(walls[True] / walls[False])
     return {
-        "timed_step_s": best_timed / len(steps),
-        "untimed_step_s": best_untimed / len(steps),
-        "overhead": best_timed / best_untimed - 1.0 if best_untimed > 0 else 0.0,
-        "repeats": repeats,
+        "timed_step_s": statistics.median(timed),
+        "untimed_step_s": statistics.median(untimed),
+        "overhead": statistics.median(ratios) - 1.0 if ratios else 0.0,
+        "pairs": len(ratios),
     }

@@ -74,9 +74,10 @@ from backend.stores import HostSlab, Piece  # noqa: E402
 
 GB = 1e9
 WARMUP = 1
-# timed and untimed runs alternate; the best of each is compared. Single steps vary by up to ±10% on
-# the H100 machine (PCIe and host jitter), so two repeats each were not enough to resolve 3%.
-OVERHEAD_REPEATS = 5
+# timing overhead: pairs of single-step runs, timed and untimed back to back, this many per step.
+# The H100 machine's PCIe rate drifts by 10-45% over hundreds of milliseconds (bench/gpu_noise.sh):
+# the best of two 4-step runs each could not resolve 3% there.
+OVERHEAD_REPEATS = 3
 
 
 def _brief(error: BaseException) -> str:
@@ -514,7 +515,7 @@ def table(report: dict) -> str:
         if case.get("timing_overhead"):
             o = case["timing_overhead"]
             lines.append(f"  timing overhead: {o['overhead']:+.2%} (timed {o['timed_step_s'] * 1e3:.2f} ms vs untimed "
-                         f"{o['untimed_step_s'] * 1e3:.2f} ms per step, best of {o.get('repeats', 2)} each, alternating)")
+                         f"{o['untimed_step_s'] * 1e3:.2f} ms per step; median of {o.get('pairs')} back-to-back pairs)")
     lines.append("")
     lines.append("targets:")
     for check in report["checks"]:

@@ -304,6 +304,30 @@ def test_gpu_calibration_bench_runs_in_its_cpu_mode(tmp_path, capsys, one_thread
     assert [(r["calibrated_on"], r["judged_on"]) for r in report["results"]] == [(4, 8), (8, 4)]
     for r in report["results"]:
         assert r["calibrated"]["median_pct"] < r["profile_only"]["median_pct"]
-        assert r["calibrated"]["steps"] == 5 * 4  # five splits, four counted steps each
+        assert r["calibrated"]["plans"] == 9 and len(r["calibrated"]["plan_errors_pct"]) == 9
+        assert r["calibrated"]["steps"] == 9 * 4  # nine splits, four counted steps each
+        assert 0 <= r["measurement_spread"]["median_pct"] <= r["measurement_spread"]["p95_pct"]
     assert list((tmp_path / "results").glob("calibration-cpu-tiny-*.txt"))
     assert (tmp_path / "out" / "profiled.json").exists()
+
+
+def test_gpu_calibration_bench_errors_vanish_when_measured_is_the_simulation():
+    """The judging code against a closed form: a 'measured' trace that is the simulation itself
+    has zero error per plan and per step, and no step-to-step spread beyond the simulation's own."""
+    import importlib.util
+    from pathlib import Path
+
+    from advisor.catalog import load_hardware, load_model
+    from simulator import simulate_plan
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "bench_calibration_gpu.py"
+    spec = importlib.util.spec_from_file_location("bench_calibration_gpu_judge", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    hw = load_hardware("h100-pcie5")
+    cfg = dict(bench.CONFIGS["tiny"])
+    plans = bench.sweep(load_model("tiny-opt"), hw, 4, cfg)[:3]
+    traces = [simulate_plan(p) for p in plans]
+    errors = bench.errors_of(plans, traces, hw)
+    assert len(errors["plan"]) == 3 and len(errors["step"]) > 0
+    assert max(errors["plan"]) < 1e-9 and max(errors["step"]) < 1e-9
