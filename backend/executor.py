@@ -112,7 +112,7 @@ class Executor:
         ahead = ahead_steps * self.rt.G
         self.moved = {}
         with torch.no_grad():
-            lanes.start()
+            lanes.start(len(ops))
             t0 = time.perf_counter()
             for op in ops:
                 waits = [events[d] for d in op.deps if d in events and self.lane_of[d] != op.lane]
