@@ -33,3 +33,29 @@ def test_the_gpu_check_runs_every_case_in_tiny_cpu_mode(tmp_path, capsys):
     assert "step_ms" in report["cases"][0]["resident"]
     assert report["checks"] and all(check["pass"] is None for check in report["checks"])  # not judged on a CPU
     assert "case 4" in capsys.readouterr().out
+
+
+def test_step_breakdown_sums_each_steps_operations_by_kind_and_lane(tmp_path):
+    """bench/step_breakdown.py against sums taken straight from a simulated trace's records."""
+    import importlib.util
+    from pathlib import Path
+
+    from advisor.catalog import load_hardware, load_model
+    from advisor.documents import Workload
+    from advisor.plans import make_plan
+    from simulator import simulate_plan
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "step_breakdown.py"
+    spec = importlib.util.spec_from_file_location("step_breakdown", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plan = make_plan(load_model("tiny-opt"), load_hardware("h100-pcie5"), Workload(batch=2, prompt_len=32, gen_len=4),
+                     splits=16, resident_kv_layers=0)
+    trace = simulate_plan(plan)
+    lines = module.breakdown(trace)
+    assert len(lines) == 1 + plan.workload.decode_steps
+    step1 = lines[2].split()
+    assert int(step1[0]) == 1
+    h2d = sum(r.end_s - r.start_s for r in trace.records if r.id.startswith("s1.") and r.lane == "h2d")
+    assert float(step1[-3]) == round(h2d * 1e3, 1)
+    assert float(step1[1]) == round(trace.summary.step_times_s[1] * 1e3, 1)
