@@ -54,6 +54,7 @@ class RunResult:
     times: dict[str, tuple[float, float]]  # op id → (start, end) seconds after the run's origin
     moved_bytes: dict[str, int]  # op id → bytes a copy really moved
     wall_s: float  # host wall clock from the first submission to the end of the last operation
+    span_s: float | None = None  # the same on the device's clock (CUDA), None where there is none
     ops: list[Operation] = field(default_factory=list)
 
     def records(self) -> list[TraceRecord]:
@@ -130,7 +131,8 @@ class Executor:
         for done, _ in samples:
             if on_sample:
                 on_sample(done)
-        return RunResult(times=lanes.times(), moved_bytes=dict(self.moved), wall_s=wall, ops=ops)
+        span = lanes.span_s() if hasattr(lanes, "span_s") else None
+        return RunResult(times=lanes.times(), moved_bytes=dict(self.moved), wall_s=wall, ops=ops, span_s=span)
 
     # --- helpers -----------------------------------------------------------------------------
 

@@ -110,7 +110,16 @@ class CudaLanes:
         token.synchronize()
 
     def finish(self) -> None:
+        gpu = self.streams["gpu"]
+        for lane in ("h2d", "d2h"):
+            gpu.wait_stream(self.streams[lane])
+        self.final = torch.cuda.Event(enable_timing=True)
+        self.final.record(gpu)
         torch.cuda.synchronize(self.device)
+
+    def span_s(self) -> float:
+        """The run on the GPU's own clock: from the origin to the end of the last lane's work."""
+        return self.origin.elapsed_time(self.final) / 1e3
 
     def times(self) -> dict[str, tuple[float, float]]:
         """(start, end) seconds after the run's origin, read once everything has finished."""

@@ -47,19 +47,24 @@ def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 2) 
     if not steps:
         return None
     device = executor.rt.device
-    timed, untimed, ratios = [], [], []
+    timed, untimed, ratios, span_ratios = [], [], [], []
     for i in range(repeats):
         for n, step in enumerate(steps):
-            walls = {}
+            runs = {}
             for timing in ((False, True) if (i + n) % 2 == 0 else (True, False)):
-                walls[timing] = executor.run(make_lanes(device, timing=timing), steps=[step]).wall_s
-            timed.append(walls[True])
-            untimed.append(walls[False])
-            if walls[False] > 0:
-                ratios.append(walls[True] / walls[False])
+                runs[timing] = executor.run(make_lanes(device, timing=timing), steps=[step])
+            timed.append(runs[True].wall_s)
+            untimed.append(runs[False].wall_s)
+            if runs[False].wall_s > 0:
+                ratios.append(runs[True].wall_s / runs[False].wall_s)
+            if runs[False].span_s and runs[True].span_s:
+                span_ratios.append(runs[True].span_s / runs[False].span_s)
     return {
         "timed_step_s": statistics.median(timed),
         "untimed_step_s": statistics.median(untimed),
         "overhead": statistics.median(ratios) - 1.0 if ratios else 0.0,
+        # the same pairs on the device's clock (origin to the last lane's end): a difference from
+        # `overhead` locates the cost on the host (issue, synchronisation) rather than the device
+        "device_overhead": statistics.median(span_ratios) - 1.0 if span_ratios else None,
         "pairs": len(ratios),
     }

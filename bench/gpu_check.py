@@ -515,7 +515,9 @@ def table(report: dict) -> str:
         if case.get("timing_overhead"):
             o = case["timing_overhead"]
             lines.append(f"  timing overhead: {o['overhead']:+.2%} (timed {o['timed_step_s'] * 1e3:.2f} ms vs untimed "
-                         f"{o['untimed_step_s'] * 1e3:.2f} ms per step; median of {o.get('pairs')} back-to-back pairs)")
+                         f"{o['untimed_step_s'] * 1e3:.2f} ms per step; median of {o.get('pairs')} back-to-back pairs"
+                         + (f"; on the GPU's clock {o['device_overhead']:+.2%}" if o.get("device_overhead") is not None
+                            else "") + ")")
     lines.append("")
     lines.append("targets:")
     for check in report["checks"]:
