@@ -206,10 +206,19 @@ def fit_residency(lp: Plan, others: list[Plan], device: torch.device) -> tuple[P
         if Runtime.memory_need(Capacity.of(*plans), device).gpu_total <= free:
             note = None if resident == lp.resident_kv_layers else (
                 f"resident KV layers lowered from {lp.resident_kv_layers} to {resident} to fit this GPU's free memory")
-            plans[0].predicted = lp.predicted if resident == lp.resident_kv_layers else None
+            plans[0].predicted = lp.predicted if resident == lp.resident_kv_layers else _predicted(plans[0])
             return plans[0], plans[1:], note
         resident -= 1
     raise RuntimeError("the case does not fit the GPU even with no resident KV")
+
+
+def _predicted(plan: Plan):
+    """The cost model's figures for a plan the scheduler did not make (None without pulp)."""
+    try:
+        from advisor.scheduler import predict
+    except ImportError:
+        return None
+    return predict(plan)
 
 
 # --- measurement ---------------------------------------------------------------------------------
