@@ -29,6 +29,7 @@ def test_the_gpu_check_runs_every_case_in_tiny_cpu_mode(tmp_path, capsys):
         assert all(c["step_ms"] > 0 for c in case["configs"])
         assert case["timing_overhead"]["untimed_step_s"] > 0
     assert report["cases"][1]["lp"]["resident_kv_layers"] == 1
+    assert set(report["cases"][2]["timing_overhead_also"]) == {"full transfer (l = 0)", "l = 1·s"}
     assert report["cases"][3]["lp"]["gpu_batches"] == 4
     assert "step_ms" in report["cases"][0]["resident"]
     assert report["checks"] and all(check["pass"] is None for check in report["checks"])  # not judged on a CPU
