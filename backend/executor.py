@@ -131,8 +131,8 @@ class Executor:
         for done, _ in samples:
             if on_sample:
                 on_sample(done)
-        span = lanes.span_s() if hasattr(lanes, "span_s") else None
-        return RunResult(times=lanes.times(), moved_bytes=dict(self.moved), wall_s=wall, ops=ops, span_s=span)
+        return RunResult(times=lanes.times(), moved_bytes=dict(self.moved), wall_s=wall, ops=ops,
+                         span_s=lanes.span_s())
 
     # --- helpers -----------------------------------------------------------------------------
 

@@ -52,6 +52,9 @@ class SerialLanes:
     def finish(self) -> None:
         pass
 
+    def span_s(self) -> float | None:
+        return None  # no device clock: the host wall clock is the run's time
+
     def times(self) -> dict[str, tuple[float, float]]:
         return dict(self._times)
 
@@ -186,6 +189,9 @@ class EmulatedLanes:
             if not self._step():
                 heads = {lane: q[0][0] for lane, q in self.queues.items() if q}
                 raise DeadlockError(f"lanes blocked, heads: {heads}")
+
+    def span_s(self) -> float | None:
+        return None
 
     def times(self) -> dict[str, tuple[float, float]]:
         return dict(self._times)
