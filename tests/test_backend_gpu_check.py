@@ -1,19 +1,12 @@
 """The GPU check (`bench/gpu_check.py`) in its tiny CPU mode, so the script cannot rot unseen."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import load_bench
 
 
 def _gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("gpu_check")
 
 
 def test_the_gpu_check_runs_every_case_in_tiny_cpu_mode(tmp_path, capsys):
@@ -38,18 +31,12 @@ def test_the_gpu_check_runs_every_case_in_tiny_cpu_mode(tmp_path, capsys):
 
 def test_step_breakdown_sums_each_steps_operations_by_kind_and_lane(tmp_path):
     """bench/step_breakdown.py against sums taken straight from a simulated trace's records."""
-    import importlib.util
-    from pathlib import Path
-
     from advisor.catalog import load_hardware, load_model
     from advisor.documents import Workload
     from advisor.plans import make_plan
     from simulator import simulate_plan
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "step_breakdown.py"
-    spec = importlib.util.spec_from_file_location("step_breakdown", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench("step_breakdown")
     plan = make_plan(load_model("tiny-opt"), load_hardware("h100-pcie5"), Workload(batch=2, prompt_len=32, gen_len=4),
                      splits=16, resident_kv_layers=0)
     trace = simulate_plan(plan)

@@ -290,13 +290,9 @@ def test_cpu_loop_calibrating_on_one_workload_halves_the_error_on_another(tmp_pa
 
 
 def test_gpu_calibration_bench_runs_in_its_cpu_mode(tmp_path, capsys, one_thread):
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_bench
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "bench_calibration_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_calibration_gpu", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_calibration_gpu")
     assert bench.main(["--tiny", "--results-dir", str(tmp_path / "results"), "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert "held-out decode step time" in printed and "target" in printed
@@ -314,16 +310,12 @@ def test_gpu_calibration_bench_runs_in_its_cpu_mode(tmp_path, capsys, one_thread
 def test_gpu_calibration_bench_errors_vanish_when_measured_is_the_simulation():
     """The judging code against a closed form: a 'measured' trace that is the simulation itself
     has zero error per plan and per step, and no step-to-step spread beyond the simulation's own."""
-    import importlib.util
-    from pathlib import Path
+    from conftest import load_bench
 
     from advisor.catalog import load_hardware, load_model
     from simulator import simulate_plan
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "bench_calibration_gpu.py"
-    spec = importlib.util.spec_from_file_location("bench_calibration_gpu_judge", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("bench_calibration_gpu")
     hw = load_hardware("h100-pcie5")
     cfg = dict(bench.CONFIGS["tiny"])
     plans = bench.sweep(load_model("tiny-opt"), hw, 4, cfg)[:3]
