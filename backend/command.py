@@ -159,7 +159,7 @@ def run_plan(plan: Plan, device: torch.device, weights, ids: torch.Tensor, *, wa
 
         result = executor.run(lanes or make_lanes(device), on_sample=on_sample)
         overhead = None
-        if measure_overhead and steps - warmup >= 1:
+        if measure_overhead and steps - warmup >= 2:
             overhead = timing_overhead(executor, range(warmup, min(steps, warmup + 6)))
         tokens = runtime.tokens.cpu()
         logits = runtime.logits.cpu() if runtime.logits is not None else None
@@ -188,8 +188,10 @@ def run_plan(plan: Plan, device: torch.device, weights, ids: torch.Tensor, *, wa
            and plan.dtype != "fp32" else ""),
     ]
     if overhead:
-        notes.append(f"timing overhead: decode steps {warmup}..{min(steps, warmup + 6) - 1} issued again with timing "
-                     f"events off and on, twice each: best timed / best untimed − 1 = {overhead['overhead']:+.2%}")
+        notes.append(f"timing overhead: decode steps {warmup}..{min(steps, warmup + 6) - 1} issued again in "
+                     f"{overhead['pairs']} back-to-back pairs of runs, every operation timed against only the step "
+                     f"boundaries timed; median over pairs of timed / reference step time − 1 (first step of each "
+                     f"run left out) = {overhead['overhead']:+.2%}")
     extra = {
         "time_per_output_token_s": summary.decode_step_s,
         "kv_copy_GBps": None if kv_rate is None else kv_rate / GB,
@@ -198,7 +200,7 @@ def run_plan(plan: Plan, device: torch.device, weights, ids: torch.Tensor, *, wa
         "pinned_bytes": pinned,
         "host_store_bytes": host,
         "timing_overhead": None if overhead is None else overhead["overhead"],
-        "untimed_step_s": None if overhead is None else overhead["untimed_step_s"],
+        "reference_step_s": None if overhead is None else overhead["reference_step_s"],
         "run_wall_s": result.wall_s,
         "warmup_steps": warmup,
         "dtype": str(dtype).removeprefix("torch."),

@@ -5,8 +5,9 @@ the completion tokens in `waits` (dependencies on other lanes; a lane keeps its 
 
 - `CudaLanes` — three streams (`h2d`, `d2h`, `gpu`). Submitting waits on the dependencies' CUDA
   events, records a start event, enqueues the kernels or copies `fn` issues and records an end
-  event, which is also the completion token; nothing is synchronised. Timing events can be turned
-  off (completion events then carry no timestamps) to measure what timing costs.
+  event; the completion token is an event of its own without timing. Nothing is synchronised.
+  Timing can be off, or limited to some operations (`timing=` a set of op ids: the step boundaries
+  alone, say), which is how `backend.measure` tells what timing every operation costs.
 - `SerialLanes` — the CPU mode of DESIGN §3: `fn` runs at once, in graph order; nothing overlaps.
 - `EmulatedLanes` — for tests: CUDA stream semantics on the CPU. Each lane is a queue; whenever it
   is asked to make progress it runs a randomly chosen lane's head whose waits have completed, so
@@ -19,17 +20,22 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 
 LANES = ("h2d", "d2h", "gpu")
 
 
+def _timed(timing: bool | Collection[str], op_id: str) -> bool:
+    """Whether an operation gets timestamps: all (True), none (False) or those named."""
+    return timing if isinstance(timing, bool) else op_id in timing
+
+
 class SerialLanes:
     kind = "cpu"
 
-    def __init__(self, timing: bool = True):
+    def __init__(self, timing: bool | Collection[str] = True):
         self.timing = timing
         self._times: dict[str, tuple[float, float]] = {}
 
@@ -38,7 +44,7 @@ class SerialLanes:
         self.origin = time.perf_counter()
 
     def submit(self, op_id: str, lane: str, fn: Callable[[], None], waits: list) -> str:
-        if self.timing:
+        if _timed(self.timing, op_id):
             start = time.perf_counter()
             fn()
             self._times[op_id] = (start - self.origin, time.perf_counter() - self.origin)
@@ -62,7 +68,7 @@ class SerialLanes:
 class CudaLanes:
     kind = "cuda"
 
-    def __init__(self, device: torch.device, timing: bool = True):
+    def __init__(self, device: torch.device, timing: bool | Collection[str] = True):
         self.device = device
         self.timing = timing
         self.streams = {lane: torch.cuda.Stream(device=device) for lane in LANES}
@@ -74,7 +80,8 @@ class CudaLanes:
         which is better kept off the issue path)."""
         gpu = self.streams["gpu"]
         self._pools: dict[bool, list[torch.cuda.Event]] = {True: [], False: []}
-        for timing, count in ((True, 2 * expected_ops if self.timing else 0), (False, expected_ops)):
+        timed = expected_ops if self.timing is True else (0 if self.timing is False else len(self.timing))
+        for timing, count in ((True, 2 * min(timed, expected_ops)), (False, expected_ops)):
             for _ in range(count):
                 event = torch.cuda.Event(enable_timing=timing)
                 event.record(gpu)
@@ -91,17 +98,19 @@ class CudaLanes:
     def submit(self, op_id: str, lane: str, fn: Callable[[], None], waits: list) -> torch.cuda.Event:
         """The completion token other lanes wait on is always an event without timing (CUDA's
         advice for events used in waits); timing adds its own start and end events. On the H100
-        (2026-11-26) neither this nor the event pool changed the measured timing overhead of
-        bench/gpu_check.py's case 3 (+13.4% before, +12.4% after): its cause is still open."""
+        (2026-11-26) neither this nor the event pool changed the timing overhead of
+        bench/gpu_check.py's case 3 as pairs of single-step runs measured it (+13.4% before, +12.4%
+        after): a cost per run, not per step, by its size (backend.measure now separates the two)."""
         stream = self.streams[lane]
+        timed = _timed(self.timing, op_id)
         with torch.cuda.stream(stream):
             for event in waits:
                 stream.wait_event(event)
-            if self.timing:
+            if timed:
                 start = self._event(True)
                 start.record(stream)
             fn()
-            if self.timing:
+            if timed:
                 end = self._event(True)
                 end.record(stream)
                 self._events[op_id] = (start, end)
@@ -197,5 +206,5 @@ class EmulatedLanes:
         return dict(self._times)
 
 
-def make_lanes(device: torch.device, timing: bool = True):
+def make_lanes(device: torch.device, timing: bool | Collection[str] = True):
     return CudaLanes(device, timing) if device.type == "cuda" else SerialLanes(timing)

@@ -3,8 +3,8 @@
 - Copy bandwidth: bytes the copies of some kinds really moved, over the time they took (sum of
   their event-timed durations), counting only steps after the warm-up.
 - Timing overhead: the same decode steps are issued again (which is idempotent: they read what
-  prefill stored and store the same values again) one at a time, with timing events off and on
-  back to back; the overhead is the median over these pairs of timed / untimed, minus one.
+  prefill stored and store the same values again), with every operation timed and, back to back,
+  with only the step boundaries timed; the overhead is how much longer a step takes in the first.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
-from backend.executor import Executor, RunResult
+from backend.executor import Executor, RunResult, decode_step_times
 from backend.lanes import make_lanes
 
 
@@ -35,36 +35,59 @@ def copy_rate_Bps(result: RunResult, kinds: Sequence[str], min_step: int = 0) ->
     return moved / seconds if seconds > 0 else None
 
 
-def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 2) -> dict[str, float] | None:
-    """Wall time of decode steps with and without timing events, and the relative overhead.
+def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 3) -> dict[str, float] | None:
+    """What timing every operation costs a decode step: timed / reference step time − 1.
 
-    Each step is run on its own, untimed and timed back to back (which one first alternates), and
-    the overhead is the median over these pairs of timed / untimed − 1. Pairs close in time see
-    the same PCIe rate, which on a shared host drifts by 10-45% over hundreds of milliseconds:
-    comparing the best of longer runs could not resolve a few percent there.
+    The decode steps `steps` (consecutive, at least two) are run again in pairs of runs back to
+    back, which one first alternating: one with every operation timed, and a reference that times
+    only the step boundaries (the `sample` operations, whose ends define a step: DESIGN §3), one
+    event pair per step and GPU batch. Each run's first step is left out, because it carries the
+    run's head (the first layer's loads with no work before them to hide behind), which a decode
+    step inside a run does not have. The overhead is the median over the pairs of the ratio of
+    their median step times. Pairs close in time see the same PCIe rate, which on a shared host
+    drifts by 10-45% over hundreds of milliseconds.
+
+    Beside it, from the same pairs: the first step's time in each kind of run (`*_head_s`, from the
+    run's origin to the first step's sample), `run_overhead`, the ratio of whole-run wall times
+    (head, tail and the final synchronisation included), and `device_overhead`, the same on the
+    GPU's clock; a difference between these and `overhead` says where a cost sits.
     """
-    steps = list(steps)
-    if not steps:
+    steps = sorted(steps)
+    if len(steps) < 2 or steps != list(range(steps[0], steps[0] + len(steps))):
         return None
-    device = executor.rt.device
-    timed, untimed, ratios, span_ratios = [], [], [], []
+    device, plan = executor.rt.device, executor.plan
+    judged = steps[1:]
+    boundaries = frozenset(op.id for op in executor.ops if op.kind == "sample" and op.step in steps)
+    timed_steps, reference_steps, ratios, run_ratios, span_ratios = [], [], [], [], []
+    heads: dict[bool, list[float]] = {True: [], False: []}
     for i in range(repeats):
-        for n, step in enumerate(steps):
-            runs = {}
-            for timing in ((False, True) if (i + n) % 2 == 0 else (True, False)):
-                runs[timing] = executor.run(make_lanes(device, timing=timing), steps=[step])
-            timed.append(runs[True].wall_s)
-            untimed.append(runs[False].wall_s)
-            if runs[False].wall_s > 0:
-                ratios.append(runs[True].wall_s / runs[False].wall_s)
-            if runs[False].span_s and runs[True].span_s:
-                span_ratios.append(runs[True].span_s / runs[False].span_s)
+        runs = {}
+        for timing in ((True, boundaries) if i % 2 == 0 else (boundaries, True)):
+            runs[timing is True] = executor.run(make_lanes(device, timing=timing), steps=steps)
+        per_step = {full: list(decode_step_times(plan, run.times, judged).values()) for full, run in runs.items()}
+        for full, run in runs.items():  # the first step: the run's head, on the same clock
+            heads[full].extend(decode_step_times(plan, run.times, steps[:1]).values())
+        if not per_step[True] or not per_step[False]:
+            continue
+        timed, reference = statistics.median(per_step[True]), statistics.median(per_step[False])
+        timed_steps.append(timed)
+        reference_steps.append(reference)
+        if reference > 0:
+            ratios.append(timed / reference)
+        if runs[False].wall_s > 0:
+            run_ratios.append(runs[True].wall_s / runs[False].wall_s)
+        if runs[False].span_s and runs[True].span_s:
+            span_ratios.append(runs[True].span_s / runs[False].span_s)
+    if not ratios:
+        return None
     return {
-        "timed_step_s": statistics.median(timed),
-        "untimed_step_s": statistics.median(untimed),
-        "overhead": statistics.median(ratios) - 1.0 if ratios else 0.0,
-        # the same pairs on the device's clock (origin to the last lane's end): a difference from
-        # `overhead` locates the cost on the host (issue, synchronisation) rather than the device
+        "timed_step_s": statistics.median(timed_steps),
+        "reference_step_s": statistics.median(reference_steps),
+        "overhead": statistics.median(ratios) - 1.0,
+        "run_overhead": statistics.median(run_ratios) - 1.0 if run_ratios else None,
         "device_overhead": statistics.median(span_ratios) - 1.0 if span_ratios else None,
+        "timed_head_s": statistics.median(heads[True]) if heads[True] else None,
+        "reference_head_s": statistics.median(heads[False]) if heads[False] else None,
         "pairs": len(ratios),
+        "steps_per_run": len(steps),
     }

@@ -23,7 +23,9 @@ same values again). Step times come from CUDA events on the `sample` operations 
 runs from the previous step's sample to its own); the first decode step of each run is a warm-up
 and is excluded; the figure is the median of the remaining steps (full transfer and the LP plan
 run twice, their steps pooled). The pinned bandwidth is profiled in the same run: a 1 GiB
-host-to-device copy from registered memory, median of 5 after 2 warm-ups. Results go to --out
+host-to-device copy from registered memory, median of 5 after 2 warm-ups. The event-timing
+overhead compares the LP plan's step time with every operation timed against the same steps with
+only the step boundaries timed, in back-to-back pairs of runs. Results go to --out
 and, on the GPU, to bench/results/ with the date and the card.
 
 Output: under --out, gpu-check.json and gpu-check.txt are rewritten after every case (a run cut
@@ -74,10 +76,12 @@ from backend.stores import HostSlab, Piece  # noqa: E402
 
 GB = 1e9
 WARMUP = 1
-# timing overhead: pairs of single-step runs, timed and untimed back to back, this many per step.
-# The H100 machine's PCIe rate drifts by 10-45% over hundreds of milliseconds (bench/gpu_noise.sh):
-# the best of two 4-step runs each could not resolve 3% there.
-OVERHEAD_REPEATS = 3
+# timing overhead (backend.measure.timing_overhead): this many back-to-back pairs of runs over the
+# decode steps, every operation timed against only the step boundaries timed. The H100 machine's
+# PCIe rate drifts by 10-45% over hundreds of milliseconds (bench/gpu_noise.sh): the best of two
+# 4-step runs could not resolve 3% there. Pairs of single-step runs (2026-11-26) charged each
+# step a run's head and tail, which steps inside a run do not have.
+OVERHEAD_REPEATS = 4
 
 
 def _brief(error: BaseException) -> str:
@@ -533,10 +537,12 @@ def table(report: dict) -> str:
         overheads = [("", case["timing_overhead"])] if case.get("timing_overhead") else []
         overheads += [(f" of {label}", o) for label, o in case.get("timing_overhead_also", {}).items()]
         for label, o in overheads:
-            lines.append(f"  timing overhead{label}: {o['overhead']:+.2%} (timed {o['timed_step_s'] * 1e3:.2f} ms vs untimed "
-                         f"{o['untimed_step_s'] * 1e3:.2f} ms per step; median of {o.get('pairs')} back-to-back pairs"
-                         + (f"; on the GPU's clock {o['device_overhead']:+.2%}" if o.get("device_overhead") is not None
-                            else "") + ")")
+            lines.append(f"  timing overhead{label}: {o['overhead']:+.2%} per step (timed {o['timed_step_s'] * 1e3:.2f} ms vs "
+                         f"{o['reference_step_s'] * 1e3:.2f} ms with only step boundaries timed; median of "
+                         f"{o.get('pairs')} back-to-back pairs of {o.get('steps_per_run')}-step runs)")
+            lines.append(f"    first step of a run (left out above) {_ms(o.get('timed_head_s'))} vs "
+                         f"{_ms(o.get('reference_head_s'))} ms; whole runs {_pct(o.get('run_overhead'))} by wall clock, "
+                         f"{_pct(o.get('device_overhead'))} on the GPU's clock")
     lines.append("")
     lines.append("targets:")
     for check in report["checks"]:
@@ -548,6 +554,14 @@ def table(report: dict) -> str:
         lines.append("INCOMPLETE: written after the last finished case; the run did not reach its end")
     lines.append(f"total {report['elapsed_s']:.1f} s")
     return "\n".join(lines)
+
+
+def _ms(seconds) -> str:
+    return "n/a" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:+.2%}"
 
 
 def _num(value, digits: int = 2) -> str:

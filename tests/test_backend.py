@@ -312,6 +312,14 @@ def test_cuda_lanes_issue_waits_events_and_times_in_order(monkeypatch):
     assert ("wait", lanes.streams["gpu"].name, first.t) in log
     assert log.index("a") < log.index("b")
 
+    only_b = lanes_module.CudaLanes(torch.device("cuda"), timing={"b"})
+    only_b.start(expected_ops=2)
+    first = only_b.submit("a", "h2d", lambda: log.append("a2"), [])
+    only_b.submit("b", "gpu", lambda: log.append("b2"), [first])
+    assert set(only_b.times()) == {"b"}
+    assert ("wait", only_b.streams["gpu"].name, first.t) in log  # the untimed op is still waited for
+    assert log.index("a2") < log.index("b2")
+
 
 class FakeCudart:
     """Records cudaHostRegister/Unregister calls; fails the registration numbered `fail_at`."""
