@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=non_negative_int, default=None)
     p.add_argument("--calibrate", default=None, metavar="OUT",
                    help="refit the plan's hardware profile from this run and write it to OUT")
+    p.add_argument("--no-timing-overhead", action="store_true",
+                   help="skip rerunning a few decode steps to measure what the timing events cost")
 
     p = sub.add_parser("compare", help="predicted against measured")
     p.add_argument("plan")

@@ -33,6 +33,9 @@ from backend.stores import PinError
 
 GB = 1e9
 HOST_MARGIN_BYTES = 2 * 10**9  # leave the process, the OS and the page cache this much
+# the timing overhead reruns up to this many decode steps after the warm-up, in this many pairs of
+# runs (timed and reference): 16 extra steps at most, shown as a progress bar of its own
+OVERHEAD_STEPS, OVERHEAD_PAIRS = 4, 2
 
 
 def choose_device(requested: str | None) -> torch.device:
@@ -159,8 +162,10 @@ def run_plan(plan: Plan, device: torch.device, weights, ids: torch.Tensor, *, wa
 
         result = executor.run(lanes or make_lanes(device), on_sample=on_sample)
         overhead = None
-        if measure_overhead and steps - warmup >= 2:
-            overhead = timing_overhead(executor, range(warmup, min(steps, warmup + 6)))
+        window = range(warmup, min(steps, warmup + OVERHEAD_STEPS))
+        if measure_overhead and len(window) >= 2:
+            overhead = timing_overhead(executor, window, repeats=OVERHEAD_PAIRS,
+                                       on_pair=lambda done, total: progress.update("timing overhead", done, total))
         tokens = runtime.tokens.cpu()
         logits = runtime.logits.cpu() if runtime.logits is not None else None
         pinned, host = runtime.pinned_bytes, runtime.host_bytes
@@ -188,7 +193,7 @@ def run_plan(plan: Plan, device: torch.device, weights, ids: torch.Tensor, *, wa
            and plan.dtype != "fp32" else ""),
     ]
     if overhead:
-        notes.append(f"timing overhead: decode steps {warmup}..{min(steps, warmup + 6) - 1} issued again in "
+        notes.append(f"timing overhead: decode steps {window[0]}..{window[-1]} issued again in "
                      f"{overhead['pairs']} back-to-back pairs of runs, every operation timed against only the step "
                      f"boundaries timed; median over pairs of timed / reference step time − 1 (first step of each "
                      f"run left out) = {overhead['overhead']:+.2%}")
@@ -238,7 +243,7 @@ def cmd_execute(args) -> int:
     check_machine(Capacity.of(run), device)
     with Progress(quiet=False) as progress, cpu_mode_threads(device.type):
         trace, _ = run_plan(run, device, weights, ids, warmup_steps=args.warmup_steps, progress=progress,
-                            fingerprint=plan.fingerprint())
+                            fingerprint=plan.fingerprint(), measure_overhead=not args.no_timing_overhead)
     # what `advisor calibrate measured.json` needs to find the plan and check the device
     trace.extra["plan_path"] = str(Path(args.plan).resolve())
     trace.extra["device_kind"] = device.type

@@ -10,7 +10,7 @@
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -35,7 +35,8 @@ def copy_rate_Bps(result: RunResult, kinds: Sequence[str], min_step: int = 0) ->
     return moved / seconds if seconds > 0 else None
 
 
-def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 3) -> dict[str, float] | None:
+def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 3,
+                    on_pair: Callable[[int, int], None] | None = None) -> dict[str, float] | None:
     """What timing every operation costs a decode step: timed / reference step time − 1.
 
     The decode steps `steps` (consecutive, at least two) are run again in pairs of runs back to
@@ -50,7 +51,8 @@ def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 3) 
     Beside it, from the same pairs: the first step's time in each kind of run (`*_head_s`, from the
     run's origin to the first step's sample), `run_overhead`, the ratio of whole-run wall times
     (head, tail and the final synchronisation included), and `device_overhead`, the same on the
-    GPU's clock; a difference between these and `overhead` says where a cost sits.
+    GPU's clock; a difference between these and `overhead` says where a cost sits. `on_pair(done,
+    repeats)` is called after each pair (progress).
     """
     steps = sorted(steps)
     if len(steps) < 2 or steps != list(range(steps[0], steps[0] + len(steps))):
@@ -78,6 +80,8 @@ def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 3) 
             run_ratios.append(runs[True].wall_s / runs[False].wall_s)
         if runs[False].span_s and runs[True].span_s:
             span_ratios.append(runs[True].span_s / runs[False].span_s)
+        if on_pair:
+            on_pair(i + 1, repeats)
     if not ratios:
         return None
     return {

@@ -42,11 +42,23 @@ def test_execute_writes_a_measured_trace_keyed_by_the_graphs_ids(tmp_path, capsy
     assert trace.summary.warmup_steps_excluded == 1 and len(trace.summary.step_times_s) == 3
     for key in ("kv_copy_GBps", "pinned_bytes", "timing_overhead"):
         assert key in trace.extra
+    assert trace.extra["timing_overhead"] is not None and trace.extra["reference_step_s"] > 0
+    assert any(note.startswith("timing overhead: decode steps 1..2") for note in trace.notes)
     assert trace.extra["pinned_bytes"] == 0  # CPU mode pins nothing
     assert any("warm-up" in note for note in trace.notes)
     assert "wrote" in capsys.readouterr().out
     assert trace.extra["plan_path"] == str((tmp_path / "plan.json").resolve())
     assert trace.extra["device_kind"] == "cpu"
+
+
+def test_the_timing_overhead_can_be_left_out(tmp_path, capsys):
+    write_plan(tmp_path / "plan.json", load_model("tiny-opt"), splits=4)
+    assert main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu",
+                 "--no-timing-overhead"]) == 0
+    trace = load_document(Trace, tmp_path / "m.json")
+    assert trace.extra["timing_overhead"] is None
+    assert not any(note.startswith("timing overhead") for note in trace.notes)
+    assert "timing overhead n/a" in capsys.readouterr().out
 
 
 def test_calibrate_finds_the_plan_a_measured_trace_names(tmp_path, capsys):
