@@ -261,11 +261,18 @@ def pinned_bandwidth(device: torch.device) -> dict | None:
         torch.cuda.empty_cache()  # else the 1 GiB buffer stays cached and case 1 sees less free memory
 
 
-def measure(executor: Executor, plan: Plan, device: torch.device, runs: int = 1) -> dict:
+def measure(executor: Executor, plan: Plan, device: torch.device, runs: int = 1, keep_ops: bool = False) -> dict:
+    """Step times of `runs` runs over the decode steps; with `keep_ops`, the first run's operations
+    in its first two steps too (id, lane, start and end in ms after the run's origin): where a
+    run's head spends its time, for the JSON report."""
     steps = range(plan.workload.decode_steps)
     pooled, kv, act, tokens, logits, walls = [], [], [], None, None, []
+    head_ops = None
     for _ in range(runs):
         result = executor.run(make_lanes(device), steps=steps)
+        if keep_ops and head_ops is None:
+            head_ops = [[op.id, op.lane, round(result.times[op.id][0] * 1e3, 4), round(result.times[op.id][1] * 1e3, 4)]
+                        for op in result.ops if op.step in steps[:2] and op.id in result.times]
         times = decode_step_times(plan, result.times, steps)
         pooled += [times[s] for s in steps if s >= WARMUP and s in times]
         kv.append(copy_rate_Bps(result, ("load_kv",), WARMUP))
@@ -283,6 +290,7 @@ def measure(executor: Executor, plan: Plan, device: torch.device, runs: int = 1)
         "kv_GBps": statistics.median(kv_rates) / GB if kv_rates else None,
         "act_GBps": statistics.median(act_rates) / GB if act_rates else None,
         "wall_s": walls,
+        **({"head_ops": head_ops} if head_ops is not None else {}),
         "_tokens": tokens,
         "_logits": logits,
     }
@@ -350,7 +358,8 @@ def run_case(case: Case, device: torch.device, hardware, deadline: float, log) -
             essential = label in ("full transfer (l = 0)", "LP plan")
             try:
                 executor = Executor(runtime, plan)
-                result = measure(executor, plan, device, runs)
+                result = measure(executor, plan, device, runs,
+                                 keep_ops=bool(case.overhead_also) and label in ("LP plan",) + case.overhead_also)
             except Exception as error:  # a sweep point that fails (e.g. OOM) must not lose the case
                 if essential or device.type == "cpu":
                     raise
@@ -526,6 +535,8 @@ def table(report: dict) -> str:
                 continue
             lines.append(f"  {c['label']:26s} {c['splits']:>11s} {c['step_ms']:10.2f} {c['tokens_per_s']:10.1f} "
                          f"{_num(c['kv_GBps'], 1):>8s} {_num(c['act_GBps'], 1):>8s}")
+            if c.get("head_ops"):
+                lines.append(f"    {head_summary(c['head_ops'])}")
         if "resident" in case:
             r = case["resident"]
             if "step_ms" in r:
@@ -554,6 +565,24 @@ def table(report: dict) -> str:
         lines.append("INCOMPLETE: written after the last finished case; the run did not reach its end")
     lines.append(f"total {report['elapsed_s']:.1f} s")
     return "\n".join(lines)
+
+
+def head_summary(head_ops: list) -> str:
+    """A run's first step against its second, from `measure(keep_ops=True)`: each lane's busy time
+    and when its first operation started (ms after the run's origin, or after the first step's end)."""
+    parts = []
+    for step in ("s0", "s1"):
+        ops = [op for op in head_ops if op[0].startswith(step + ".")]
+        origin = 0.0 if step == "s0" else max(end for op_id, _, _, end in head_ops
+                                              if op_id.startswith("s0.") and op_id.endswith(".sample"))
+        lanes = []
+        for lane in ("h2d", "gpu", "d2h"):
+            mine = [op for op in ops if op[1] == lane]
+            if mine:
+                lanes.append(f"{lane} busy {sum(end - start for _, _, start, end in mine):.2f} from "
+                             f"{min(start for _, _, start, _ in mine) - origin:+.2f}")
+        parts.append(f"step {step[1:]}: " + ", ".join(lanes))
+    return "; ".join(parts) + " (ms)"
 
 
 def _ms(seconds) -> str:

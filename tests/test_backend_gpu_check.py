@@ -23,6 +23,13 @@ def test_the_gpu_check_runs_every_case_in_tiny_cpu_mode(tmp_path, capsys):
         assert case["timing_overhead"]["reference_step_s"] > 0
     assert report["cases"][1]["lp"]["resident_kv_layers"] == 1
     assert set(report["cases"][2]["timing_overhead_also"]) == {"full transfer (l = 0)", "l = 1·s"}
+    # case 3 keeps the first two steps' operations of its compared configs (where a run's head goes)
+    heads = {c["label"]: c["head_ops"] for c in report["cases"][2]["configs"] if "head_ops" in c}
+    assert set(heads) == {"full transfer (l = 0)", "LP plan", "l = 1·s"}
+    for ops in heads.values():
+        assert {op_id.split(".")[0] for op_id, *_ in ops} == {"s0", "s1"}
+        assert all(0 <= start <= end for _, _, start, end in ops)
+    assert all("head_ops" not in c for case in report["cases"][:2] for c in case["configs"])
     assert report["cases"][3]["lp"]["gpu_batches"] == 4
     assert "step_ms" in report["cases"][0]["resident"]
     assert report["checks"] and all(check["pass"] is None for check in report["checks"])  # not judged on a CPU
