@@ -3,9 +3,10 @@
 The executor hands each operation to `submit(op_id, lane, fn, waits)`: run `fn` on `lane` after
 the completion tokens in `waits` (dependencies on other lanes; a lane keeps its own order).
 
-- `CudaLanes` — three streams (`h2d`, `d2h`, `gpu`). Submitting waits on the dependencies' CUDA
-  events, records a start event, enqueues the kernels or copies `fn` issues and records an end
-  event; the completion token is an event of its own without timing. Nothing is synchronised.
+- `CudaLanes` — three streams (`h2d`, `d2h`, `gpu`), the same ones for every run on a device.
+  Submitting waits on the dependencies' CUDA events, records a start event, enqueues the kernels
+  or copies `fn` issues and records an end event; the completion token is an event of its own
+  without timing. Nothing is synchronised.
   Timing can be off, or limited to some operations (`timing=` a set of op ids: the step boundaries
   alone, say), which is how `backend.measure` tells what timing every operation costs.
 - `SerialLanes` — the CPU mode of DESIGN §3: `fn` runs at once, in graph order; nothing overlaps.
@@ -65,14 +66,28 @@ class SerialLanes:
         return dict(self._times)
 
 
+# The three streams of each device, made once per process: torch hands out a new stream from a
+# round-robin pool at every `torch.cuda.Stream()`, and its caching allocator keeps freed blocks per
+# stream, so lanes on fresh streams would allocate (and map) new GPU memory at every run's start,
+# and a stream would change roles from one run to the next.
+_STREAMS: dict[torch.device, dict[str, torch.cuda.Stream]] = {}
+
+
+def _lane_streams(device: torch.device) -> dict[str, torch.cuda.Stream]:
+    if device not in _STREAMS:
+        streams = {lane: torch.cuda.Stream(device=device) for lane in LANES}
+        streams["cpu"] = streams["gpu"]
+        _STREAMS[device] = streams
+    return _STREAMS[device]
+
+
 class CudaLanes:
     kind = "cuda"
 
     def __init__(self, device: torch.device, timing: bool | Collection[str] = True):
         self.device = device
         self.timing = timing
-        self.streams = {lane: torch.cuda.Stream(device=device) for lane in LANES}
-        self.streams["cpu"] = self.streams["gpu"]
+        self.streams = _lane_streams(device)
         self._events: dict[str, tuple[torch.cuda.Event, torch.cuda.Event]] = {}
 
     def start(self, expected_ops: int = 0) -> None:

@@ -299,6 +299,7 @@ def test_cuda_lanes_issue_waits_events_and_times_in_order(monkeypatch):
             log.append(("wait", self.name, event.t))
 
     streams = []
+    monkeypatch.setattr(lanes_module, "_STREAMS", {})
     monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
     monkeypatch.setattr(torch.cuda, "Event", FakeEvent)
     monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
@@ -313,6 +314,7 @@ def test_cuda_lanes_issue_waits_events_and_times_in_order(monkeypatch):
     assert log.index("a") < log.index("b")
 
     only_b = lanes_module.CudaLanes(torch.device("cuda"), timing={"b"})
+    assert only_b.streams is lanes.streams and len(streams) == 3  # one set of streams per device
     only_b.start(expected_ops=2)
     first = only_b.submit("a", "h2d", lambda: log.append("a2"), [])
     only_b.submit("b", "gpu", lambda: log.append("b2"), [first])
