@@ -7,10 +7,12 @@
 #   2. bench/bench_calibration_gpu.py: profile, sweep at two batch sizes, calibrate on one, judge
 #      the other (issue: close the loop);
 #   3. bench/gpu_check.py: cases 1-4 and 2b (issue: backend); it writes its report after every case
-#      and on SIGTERM.
+#      and on SIGTERM;
+#   4. the full (not --quick) `advisor profile` of the card, timed (target ≤ 60 s), last so that it
+#      only uses time the others left.
 #
 # Run on the H100 machine from the repository root, after the prelude of ../shared/gpu/prelude.txt:
-#   bash bench/gpu_all.sh            (results under $OUT, at most 7 files)
+#   bash bench/gpu_all.sh            (results under $OUT, at most 8 files: the device tool's limit)
 set -u
 OUT=${OUT:-/tmp/gpu-all}
 mkdir -p "$OUT"
@@ -34,4 +36,9 @@ timeout 170 python3 bench/bench_calibration_gpu.py --out "$OUT" || echo "calibra
 
 echo "== 3. gpu_check"
 timeout 300 python3 bench/gpu_check.py --out "$OUT" --budget-s 220 || echo "gpu_check FAILED (rc $?)"
+
+echo "== 4. full profile"
+began=$(date +%s.%N)
+timeout 120 python3 -m advisor profile --device cuda -o "$OUT/profiled-full.json" || echo "full profile FAILED (rc $?)"
+echo "full profile took $(python3 -c "print(f'{$(date +%s.%N) - $began:.1f}')") s (command included)"
 echo "== done $(date -u +%FT%TZ)"
