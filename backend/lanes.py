@@ -6,9 +6,9 @@ the completion tokens in `waits` (dependencies on other lanes; a lane keeps its 
 - `CudaLanes` — three streams (`h2d`, `d2h`, `gpu`), the same ones for every run on a device.
   Submitting waits on the dependencies' CUDA events, records a start event, enqueues the kernels
   or copies `fn` issues and records an end event; the completion token is an event of its own
-  without timing. Nothing is synchronised.
-  Timing can be off, or limited to some operations (`timing=` a set of op ids: the step boundaries
-  alone, say), which is how `backend.measure` tells what timing every operation costs.
+  without timing. Nothing is synchronised. Timing can be off, or limited to some operations
+  (`timing=` a set of op ids: the step boundaries alone, say), which is how `backend.measure`
+  tells what timing every operation costs.
 - `SerialLanes` — the CPU mode of DESIGN §3: `fn` runs at once, in graph order; nothing overlaps.
 - `EmulatedLanes` — for tests: CUDA stream semantics on the CPU. Each lane is a queue; whenever it
   is asked to make progress it runs a randomly chosen lane's head whose waits have completed, so

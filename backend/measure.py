@@ -66,6 +66,8 @@ def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 3,
         runs = {}
         for timing in ((True, boundaries) if i % 2 == 0 else (boundaries, True)):
             runs[timing is True] = executor.run(make_lanes(device, timing=timing), steps=steps)
+        if on_pair:
+            on_pair(i + 1, repeats)
         per_step = {full: list(decode_step_times(plan, run.times, judged).values()) for full, run in runs.items()}
         for full, run in runs.items():  # the first step: the run's head, on the same clock
             heads[full].extend(decode_step_times(plan, run.times, steps[:1]).values())
@@ -80,8 +82,6 @@ def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 3,
             run_ratios.append(runs[True].wall_s / runs[False].wall_s)
         if runs[False].span_s and runs[True].span_s:
             span_ratios.append(runs[True].span_s / runs[False].span_s)
-        if on_pair:
-            on_pair(i + 1, repeats)
     if not ratios:
         return None
     return {
