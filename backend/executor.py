@@ -26,6 +26,7 @@ residual; `store_kv`/`store_act` = device→host copies of what the store policy
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -104,8 +105,6 @@ class Executor:
         Rerunning decode steps is idempotent: they read what prefill and earlier steps stored and
         write the same values again, which is how timing is measured twice on the same state.
         """
-        import time
-
         wanted = None if steps is None else set(steps)
         ops = [op for op in self.ops if wanted is None or op.step in wanted]
         events: dict[str, object] = {}
