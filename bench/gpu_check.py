@@ -573,8 +573,8 @@ def head_summary(head_ops: list) -> str:
     parts = []
     for step in ("s0", "s1"):
         ops = [op for op in head_ops if op[0].startswith(step + ".")]
-        origin = 0.0 if step == "s0" else max(end for op_id, _, _, end in head_ops
-                                              if op_id.startswith("s0.") and op_id.endswith(".sample"))
+        origin = 0.0 if step == "s0" else max((end for op_id, _, _, end in head_ops
+                                               if op_id.startswith("s0.") and op_id.endswith(".sample")), default=0.0)
         lanes = []
         for lane in ("h2d", "gpu", "d2h"):
             mine = [op for op in ops if op[1] == lane]

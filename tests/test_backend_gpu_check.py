@@ -54,3 +54,11 @@ def test_step_breakdown_sums_each_steps_operations_by_kind_and_lane(tmp_path):
     h2d = sum(r.end_s - r.start_s for r in trace.records if r.id.startswith("s1.") and r.lane == "h2d")
     assert float(step1[-3]) == round(h2d * 1e3, 1)
     assert float(step1[1]) == round(trace.summary.step_times_s[1] * 1e3, 1)
+
+
+def test_head_summary_gives_each_lanes_busy_time_and_first_start_per_step():
+    ops = [["s0.L0.b0.qkv", "gpu", 0.1, 0.5], ["s0.L1.b0.sample", "gpu", 0.5, 0.9],
+           ["s1.L0.b0.load_kv", "h2d", 0.3, 1.2], ["s1.L0.b0.qkv", "gpu", 1.0, 1.1]]
+    # step 1 is measured from step 0's sample end (0.9): its load started 0.6 ms before, prefetched
+    assert _gpu_check().head_summary(ops) == ("step 0: gpu busy 0.80 from +0.10; "
+                                              "step 1: h2d busy 0.90 from -0.60, gpu busy 0.10 from +0.10 (ms)")
