@@ -546,7 +546,7 @@ def table(report: dict) -> str:
             else:
                 lines.append(f"  GPU-resident cache: skipped ({r['skipped']})")
         overheads = [("", case["timing_overhead"])] if case.get("timing_overhead") else []
-        overheads += [(f" of {label}", o) for label, o in case.get("timing_overhead_also", {}).items()]
+        overheads += [(f" of {label}", o) for label, o in case.get("timing_overhead_also", {}).items() if o]
         for label, o in overheads:
             lines.append(f"  timing overhead{label}: {o['overhead']:+.2%} per step (timed {o['timed_step_s'] * 1e3:.2f} ms vs "
                          f"{o['reference_step_s'] * 1e3:.2f} ms with only step boundaries timed; median of "
