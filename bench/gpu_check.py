@@ -375,6 +375,9 @@ def run_case(case: Case, device: torch.device, hardware, deadline: float, log) -
             try:
                 out["timing_overhead"] = timing_overhead(executors["LP plan"], range(WARMUP, lp.workload.decode_steps),
                                                       repeats=OVERHEAD_REPEATS)
+                if out["timing_overhead"] is None:
+                    out["notes"].append("timing overhead not measured: it needs at least 2 decode steps after "
+                                        f"the warm-up (--steps {lp.workload.decode_steps})")
                 for label in case.overhead_also:  # for comparison only; the target is judged on the LP plan
                     if label in executors:
                         out.setdefault("timing_overhead_also", {})[label] = timing_overhead(
@@ -523,6 +526,7 @@ def table(report: dict) -> str:
                      f"layers {lp['resident_kv_layers']}, weights on GPU {lp['weights_gpu_layers']}, "
                      f"GPU batches {lp['gpu_batches']}; predicted {_num(lp['predicted_step_ms'])} ms/step, "
                      f"speedup {_num(lp['predicted_speedup'], 3)}")
+        lines += [f"  note: {note}" for note in case.get("notes", [])]
         lines.append(f"  pinned {case.get('pinned_GB', 0):.2f} GB; setup {case.get('setup_s', 0):.1f} s, "
                      f"prefill {case.get('prefill_s', 0):.1f} s; "
                      f"tokens agree across configs: {case.get('tokens_agree')}, "
