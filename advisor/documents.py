@@ -379,6 +379,24 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         raise
 
 
+def check_writable(*paths: str | os.PathLike | None) -> None:
+    """Refuse, before minutes of work, an output path that could not be written at the end: make its
+    folder and a temporary file in it the way `write_text_atomic` will, then remove the file."""
+    for path in paths:
+        if path is None:
+            continue
+        path = Path(path)
+        if path.is_dir():
+            raise UserError(f"{path}: cannot write: is a folder")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as error:
+            raise UserError(f"{path}: cannot write: {error.strerror or error}") from None
+
+
 def write_document(path: str | os.PathLike, document: Document) -> None:
     write_text_atomic(path, document.model_dump_json(indent=1) + "\n")
 

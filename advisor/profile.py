@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from advisor.documents import GemmCurve, HardwareProfile, Provenance, RatePoint, write_document
+from advisor.documents import GemmCurve, HardwareProfile, Provenance, RatePoint, check_writable, write_document
 from advisor.errors import UserError
 from advisor.fitting import fit_copy_model
 
@@ -526,6 +526,7 @@ def describe(hw: HardwareProfile) -> list[str]:
 
 
 def cmd_profile(args) -> int:
+    check_writable(args.output)
     hw = measure(args.device, args.quick, name=args.name)
     try:
         write_document(args.output, hw)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from advisor.calibrate import Run, calibrate, make_run
-from advisor.documents import HardwareProfile, Plan, Trace, Workload, write_document
+from advisor.documents import HardwareProfile, Plan, Trace, Workload, check_writable, write_document
 from advisor.errors import UserError
 from advisor.plans import make_plan
 from advisor.profile import cpu_mode_threads
@@ -372,6 +372,7 @@ def cmd_tune(args) -> int:
     from backend.command import choose_device
 
     device = choose_device(args.device).type
+    check_writable(args.output, args.profile_output)
     model = load_model(args.model)
     hw = _starting_profile(args, device)
     budget = None if args.gpu_kv_budget is None else int(args.gpu_kv_budget * 1e9)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from advisor.documents import Plan, Trace, load_document, write_document
+from advisor.documents import Plan, Trace, check_writable, load_document, write_document
 from advisor.errors import UserError
 from advisor.profile import cpu_mode_threads
 from advisor.tracesummary import summarise
@@ -228,6 +228,7 @@ def run_plan(plan: Plan, device: torch.device, weights, ids: torch.Tensor, *, wa
 
 def cmd_execute(args) -> int:
     plan = load_document(Plan, args.plan)
+    check_writable(args.output, getattr(args, "calibrate", None))
     device = choose_device(args.device)
     folder = Path(args.checkpoint) if args.checkpoint else None
     run = plan

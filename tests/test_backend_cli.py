@@ -200,3 +200,26 @@ def test_the_backend_never_imports_textual():
     run = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("command", ["execute", "profile", "tune"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch, command):
+    import advisor.profile
+    import advisor.tune
+    import backend.command
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the work started although its output could not be written")
+
+    for module, name in ((backend.command, "run_plan"), (advisor.profile, "measure"), (advisor.tune, "tune")):
+        monkeypatch.setattr(module, name, no_work)
+    write_plan(tmp_path / "plan.json", load_model("tiny-opt"))
+    (tmp_path / "a-file").write_text("")
+    blocked = str(tmp_path / "a-file" / "out.json")  # its folder would have to be a file
+    argv = {"execute": ["execute", str(tmp_path / "plan.json"), "-o", blocked, "--device", "cpu"],
+            "profile": ["profile", "--device", "cpu", "--quick", "-o", blocked],
+            "tune": ["tune", "--model", "tiny-opt", "--hardware", "cpu-generic", "--batch", "2", "--prompt-len", "16",
+                     "--gen-len", "4", "--device", "cpu", "-o", blocked]}[command]
+    assert main(argv) == 2
+    assert f"{blocked}: cannot write" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "plan.json"]

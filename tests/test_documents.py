@@ -91,3 +91,12 @@ def test_parameter_count_matches_published_sizes():
         m = load_model(name)
         total = m.num_layers * m.layer_params() + m.embedding_params()
         assert abs(total / published - 1) < 0.01, (name, total)
+
+
+def test_check_writable_refuses_a_folder_and_leaves_nothing_behind(tmp_path):
+    from advisor.documents import check_writable
+
+    with pytest.raises(UserError, match="is a folder"):
+        check_writable(tmp_path)
+    check_writable(tmp_path / "new" / "plan.json", None)
+    assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []
