@@ -362,11 +362,16 @@ def load_document(cls: type[D], path: str | os.PathLike) -> D:
     return parse_document(cls, data, str(path))
 
 
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in `path`'s folder (made if missing), where `path` will be renamed from."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -389,8 +394,7 @@ def check_writable(*paths: str | os.PathLike | None) -> None:
         if path.is_dir():
             raise UserError(f"{path}: cannot write: is a folder")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            fd, tmp = _temp_beside(path)
             os.close(fd)
             os.unlink(tmp)
         except OSError as error:
