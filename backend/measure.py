@@ -58,7 +58,6 @@ def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 3,
     if len(steps) < 2 or steps != list(range(steps[0], steps[0] + len(steps))):
         return None
     device, plan = executor.rt.device, executor.plan
-    judged = steps[1:]
     boundaries = frozenset(op.id for op in executor.ops if op.kind == "sample" and op.step in steps)
     timed_steps, reference_steps, ratios, run_ratios, span_ratios = [], [], [], [], []
     heads: dict[bool, list[float]] = {True: [], False: []}
@@ -68,9 +67,12 @@ def timing_overhead(executor: Executor, steps: Sequence[int], repeats: int = 3,
             runs[timing is True] = executor.run(make_lanes(device, timing=timing), steps=steps)
         if on_pair:
             on_pair(i + 1, repeats)
-        per_step = {full: list(decode_step_times(plan, run.times, judged).values()) for full, run in runs.items()}
-        for full, run in runs.items():  # the first step: the run's head, on the same clock
-            heads[full].extend(decode_step_times(plan, run.times, steps[:1]).values())
+        per_step = {}
+        for full, run in runs.items():
+            times = decode_step_times(plan, run.times, steps)
+            per_step[full] = [times[s] for s in steps[1:] if s in times]
+            if steps[0] in times:  # the first step: the run's head, on the same clock
+                heads[full].append(times[steps[0]])
         if not per_step[True] or not per_step[False]:
             continue
         timed, reference = statistics.median(per_step[True]), statistics.median(per_step[False])
