@@ -19,6 +19,12 @@ def store_policy(splits: Sequence[int], workload: Workload) -> StorePolicy:
     return StorePolicy(act_tokens=max(splits), kv_from=min(splits))
 
 
+def default_dtype(model: ModelSpec, hardware: HardwareProfile) -> str:
+    """The model's own dtype on a GPU; fp32 on a CPU profile, because that is what the CPU mode
+    computes in (DESIGN §3 "Devices"), so that a CPU plan's bytes and memory are the run's."""
+    return "fp32" if hardware.device_kind == "cpu" else model.dtype
+
+
 def make_plan(
     model: ModelSpec,
     hardware: HardwareProfile,
@@ -47,7 +53,7 @@ def make_plan(
         model=model,
         hardware=hardware,
         workload=workload,
-        dtype=dtype or model.dtype,
+        dtype=dtype or default_dtype(model, hardware),
         schedule=schedule,
         objective=objective or ("latency" if schedule == "row" else "throughput"),
         cost_model=cost_model,

@@ -28,7 +28,7 @@ from advisor.costs import (Setup, layer_sums, layer_times, pcie_bytes_per_step, 
                            step_times, sweep, ttft)
 from advisor.documents import DTYPE_BYTES, HardwareProfile, ModelSpec, Plan, Predicted, Workload
 from advisor.errors import UserError
-from advisor.plans import make_plan
+from advisor.plans import default_dtype, make_plan
 from advisor.timemodel import copy_time, work_time
 
 MAX_SEGMENTS = 8
@@ -61,7 +61,7 @@ class Request:
             schedule = "column" if objective == "throughput" else "row"
         if objective is None:
             objective = "throughput" if schedule == "column" else "latency"
-        return replace(self, schedule=schedule, objective=objective, dtype=self.dtype or self.model.dtype)
+        return replace(self, schedule=schedule, objective=objective, dtype=self.dtype or default_dtype(self.model, self.hardware))
 
 
 @dataclass

@@ -26,6 +26,26 @@ def test_plan_writes_a_valid_plan_and_prints_the_figures(tmp_path, capsys):
         assert words in printed
 
 
+@pytest.mark.parametrize("hardware, dtype_args, expected", [
+    ("h100-pcie5", [], "fp16"),         # the model's own dtype on a GPU
+    ("cpu-generic", [], "fp32"),        # what the CPU mode computes in
+    ("cpu-generic", ["--dtype", "bf16"], "bf16"),
+])
+def test_plan_dtype_defaults_to_what_the_device_computes_in(tmp_path, hardware, dtype_args, expected):
+    out = tmp_path / "plan.json"
+    args = ["plan", "--model", "opt-125m", "--hardware", hardware, "--batch", "2", "--prompt-len", "32",
+            "--gen-len", "4", "--gpu-kv-budget", "0", "-o", str(out)]
+    assert main(args + dtype_args) == 0
+    plan = load_document(Plan, out)
+    assert plan.dtype == expected
+    if hardware == "cpu-generic":  # the CPU cannot overlap recomputation: full transfer, all KV offloaded
+        assert set(plan.splits) == {0} and plan.resident_kv_layers == 0
+        wl = plan.workload  # each step loads its context's KV and stores the new token's, but the last
+        tokens = [wl.context(step) + (step < wl.decode_steps - 1) for step in range(wl.decode_steps)]
+        kv_per_step = 2 * plan.model.num_layers * plan.model.hidden * wl.batch * sum(tokens) / wl.decode_steps
+        assert plan.predicted.pcie_bytes_per_step == pytest.approx(kv_per_step * (4 if expected == "fp32" else 2))
+
+
 def test_python_dash_m_works_from_the_source_tree_without_installation(tmp_path):
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-m", "advisor", "list", "hardware"], cwd=tmp_path, env=env,

@@ -27,6 +27,7 @@ from textual.worker import get_current_worker
 from advisor import shapes
 from advisor.documents import DTYPE_BYTES, Plan, Trace, load_document, write_document
 from advisor.errors import UserError
+from advisor.plans import default_dtype
 from advisor.scheduler import predict, recompute_pays
 from tui.explore import (
     Explorer, Inputs, compare_lanes, current_split, describe_model, gpu_waits, timeline_copy,
@@ -412,7 +413,7 @@ class MainScreen(Screen):
         inp = self.inputs
         try:
             model = self.explorer.model(inp.model)
-            p = DTYPE_BYTES[inp.dtype or model.dtype]
+            p = DTYPE_BYTES[inp.dtype or default_dtype(model, self.explorer.hw(inp.hardware))]
             kv = model.num_layers * shapes.kv_bytes(model, inp.batch, inp.prompt_len + inp.gen_len - 1, p)
             lines.append(("info", f"{describe_model(model)}: batch {inp.batch}, prompt {inp.prompt_len}, "
                                   f"{inp.gen_len} new tokens; KV cache {kv / 1e9:,.1f} GB"))

@@ -22,6 +22,7 @@ from advisor.catalog import available, load_hardware, load_model
 from advisor.costs import Setup, sweep
 from advisor.documents import HardwareProfile, ModelSpec, Plan, Trace
 from advisor.errors import UserError
+from advisor.plans import default_dtype
 from advisor.opgraph import PREFILL, parse_op_id
 from advisor.planner_cli import build_request
 from advisor.scheduler import Request, plan as solve_plan
@@ -115,7 +116,7 @@ class Explorer:
         return Inputs(model=model_key, hardware=hw_key, batch=wl.batch, prompt_len=wl.prompt_len,
                       gen_len=wl.gen_len, schedule=loaded.schedule, objective=loaded.objective,
                       gpu_kv_budget_gb=budget, cost_model=loaded.cost_model,
-                      dtype=None if loaded.dtype == loaded.model.dtype else loaded.dtype)
+                      dtype=None if loaded.dtype == default_dtype(loaded.model, loaded.hardware) else loaded.dtype)
 
     @staticmethod
     def _register(doc, shipped_names, loader, extras, label) -> str:
