@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 
 from advisor.errors import UserError
@@ -193,7 +194,38 @@ def cmd_schema(args) -> int:
     return 0
 
 
+class _StdoutThatOutlivesItsReader:
+    """Standard output that goes quiet when its reader goes away (`advisor compare ... | head`):
+    the command still finishes its work (the files it writes) instead of dying of a broken pipe."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _silence(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())  # what is still buffered then flushes into nothing
+        os.close(devnull)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._silence()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._silence()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    if sys.stdout is sys.__stdout__ and sys.stdout is not None:
+        sys.stdout = _StdoutThatOutlivesItsReader(sys.stdout)
     parser = build_parser()
     args = parser.parse_args(argv)
     module_name, function_name = HANDLERS[args.command].split(":")

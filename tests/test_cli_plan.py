@@ -54,6 +54,20 @@ def test_python_dash_m_works_from_the_source_tree_without_installation(tmp_path)
     assert "h100-pcie5" in result.stdout and "kvpr-paper" in result.stdout
 
 
+@pytest.mark.parametrize("args", [["schema", "plan"], BASE + ["-o", "plan.json"]])
+def test_a_reader_that_goes_away_neither_fails_the_command_nor_loses_its_file(tmp_path, args):
+    """`advisor ... | head -1`: stdout's reader is gone before the command prints."""
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    process = subprocess.Popen([sys.executable, "-m", "advisor", *args], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait() == 0, stderr
+    assert "BrokenPipeError" not in stderr and "Traceback" not in stderr
+    if "-o" in args:
+        load_document(Plan, tmp_path / "plan.json")
+
+
 def test_schema_prints_the_committed_schema(capsys):
     assert main(["schema", "plan"]) == 0
     printed = json.loads(capsys.readouterr().out)
