@@ -326,6 +326,31 @@ DOCUMENT_TYPES: dict[str, type[Document]] = {
 
 D = TypeVar("D", bound=Document)
 
+# each kind of document in words, and where it comes from: for someone who passed the wrong file
+DOCUMENT_WORDS = {
+    "plan": ("a plan", "advisor plan or tune"),
+    "hardware": ("a hardware profile", "advisor profile or calibrate, or a shipped name"),
+    "model": ("a model", "a shipped name, a model JSON or a checkpoint folder"),
+    "trace": ("a trace", "advisor execute (measured) or simulate (predicted)"),
+}
+
+
+def _wrong_kind(cls: type[Document], data: object, where: str) -> str | None:
+    """'where: is a plan, not a trace (…)' when `data` is a valid document of another kind."""
+    wanted = next((name for name, kind in DOCUMENT_TYPES.items() if kind is cls), None)
+    if wanted is None or not isinstance(data, dict):
+        return None
+    for name, kind in DOCUMENT_TYPES.items():
+        if kind is cls:
+            continue
+        try:
+            kind.model_validate(data)
+        except ValidationError:
+            continue
+        (is_noun, _), (wanted_noun, source) = DOCUMENT_WORDS[name], DOCUMENT_WORDS[wanted]
+        return f"{where}: is {is_noun}, not {wanted_noun} (which comes from {source})"
+    return None
+
 
 def validation_lines(where: str, error: ValidationError) -> list[str]:
     """One line per problem: `where: field.path: message`."""
@@ -346,7 +371,8 @@ def parse_document(cls: type[D], data: object, where: str) -> D:
     try:
         return cls.model_validate(data)
     except ValidationError as error:
-        raise UserError(*validation_lines(where, error)) from None
+        wrong_kind = _wrong_kind(cls, data, where)
+        raise UserError(*([wrong_kind] if wrong_kind else validation_lines(where, error))) from None
 
 
 def load_document(cls: type[D], path: str | os.PathLike) -> D:

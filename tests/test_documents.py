@@ -54,6 +54,22 @@ def test_bad_document_gives_one_line_per_problem(tmp_path):
     assert any("surprise" in line for line in lines)
 
 
+def test_a_document_of_another_kind_is_named_in_one_line(tmp_path):
+    path = tmp_path / "h100.json"
+    path.write_text(load_hardware("h100-pcie5").model_dump_json())
+    with pytest.raises(UserError) as caught:
+        load_document(Plan, path)
+    assert caught.value.lines == [f"{path}: is a hardware profile, not a plan (which comes from advisor plan or tune)"]
+    # a broken document of the right kind still gets its per-field lines
+    data = json.loads(path.read_text())
+    data["gpu_memory_bytes"] = "lots"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as caught:
+        load_document(HardwareProfile, path)
+    assert caught.value.lines == [f"{path}: gpu_memory_bytes: Input should be a valid integer, unable to parse "
+                                  f"string as an integer"]
+
+
 def test_wrong_schema_version_is_named(tmp_path):
     data = json.loads(load_hardware("kvpr-paper").model_dump_json())
     data["schema_version"] = 7
