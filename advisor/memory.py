@@ -144,3 +144,8 @@ def max_resident_kv_layers(model: ModelSpec, hw: HardwareProfile, workload: Work
 
 def gib(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
+
+
+def itemised(items: dict[str, int]) -> str:
+    """'weights 1.29 GB, weight slots 7.25 GB, …': the items that are not zero."""
+    return ", ".join(f"{name} {gib(size)}" for name, size in items.items() if size)

@@ -434,11 +434,10 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
             resident = memory.max_resident_kv_layers(model, hw, wl, p, nw, req.gpu_kv_budget_bytes)
             if resident < 0:
                 need = memory.gpu_memory(model, hw, wl, p, nw, 0, True)
+                items = memory.itemised({**need.items(), "reserve": need.reserved})
                 reasons.append(
                     f"GPU memory: {nw} layers of weights on the GPU and {G} GPU batch(es) need "
-                    f"{memory.gib(need.total)} with no KV resident (weights {memory.gib(need.weights)}, "
-                    f"KV and activation buffers {memory.gib(need.kv_buffers)}, workspace {memory.gib(need.workspace)}, "
-                    f"reserve {memory.gib(need.reserved)}); the GPU has {memory.gib(hw.gpu_memory_bytes)}")
+                    f"{memory.gib(need.total)} with no KV resident ({items}); the GPU has {memory.gib(hw.gpu_memory_bytes)}")
                 continue
             offload = resident < model.num_layers
             if not offload and req.split is not None:

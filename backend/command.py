@@ -20,6 +20,7 @@ import torch
 
 from advisor.documents import Plan, Trace, check_writable, load_document, write_document
 from advisor.errors import UserError
+from advisor.memory import itemised
 from advisor.profile import cpu_mode_threads
 from advisor.tracesummary import summarise
 from backend.checkpoint import HFWeights, checkpoint_spec, load_tokenizer
@@ -60,10 +61,6 @@ def host_available_bytes() -> int | None:
     return None
 
 
-def _itemised(items: dict[str, int]) -> str:
-    return ", ".join(f"{name} {value / GB:.2f} GB" for name, value in items.items() if value)
-
-
 def check_machine(capacity: Capacity, device: torch.device) -> None:
     """Refuse, with the numbers, a plan this machine cannot hold."""
     plan = capacity.plan
@@ -75,13 +72,13 @@ def check_machine(capacity: Capacity, device: torch.device) -> None:
         free, total = torch.cuda.mem_get_info(device)
         if need.gpu_total > free:
             problems.append(
-                f"GPU memory: the plan needs {need.gpu_total / GB:.2f} GB ({_itemised(need.gpu)}); "
+                f"GPU memory: the plan needs {need.gpu_total / GB:.2f} GB ({itemised(need.gpu)}); "
                 f"{torch.cuda.get_device_name(device)} has {free / GB:.2f} GB free of {total / GB:.2f} GB")
     available = host_available_bytes()
     if available is not None and need.host_total > available - HOST_MARGIN_BYTES:
         what = "pinned host memory" if device.type == "cuda" else "host memory"
         problems.append(
-            f"{what}: the plan needs {need.host_total / GB:.2f} GB ({_itemised(need.host)}, pages rounded); "
+            f"{what}: the plan needs {need.host_total / GB:.2f} GB ({itemised(need.host)}, pages rounded); "
             f"the machine has {available / GB:.2f} GB available, of which {HOST_MARGIN_BYTES / GB:.0f} GB is kept free")
     if problems:
         raise UserError(*problems, "choose a smaller batch or context, or plan for this machine's profile")

@@ -108,3 +108,21 @@ def test_malformed_hardware_file_is_named_per_field(tmp_path, capsys):
     assert len(err) >= 5 and all(str(bad) in line for line in err)
     assert any("device_kind: Field required" in line for line in err)
     assert not out.exists()
+
+
+def test_a_gpu_that_cannot_hold_even_the_buffers_gets_every_item_that_adds_up_to_the_need(tmp_path, capsys):
+    import re
+
+    args = ["plan", "--model", "opt-175b", "--hardware", "t4-pcie3", "--batch", "16", "--prompt-len", "1024",
+            "--gen-len", "32", "--weights-on-gpu", "0", "-o", str(tmp_path / "plan.json")]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    line = next(line for line in error.splitlines() if "with no KV resident" in line)
+    need, listed = re.search(r"need ([\d.]+) GB with no KV resident \(([^)]*)\)", line).groups()
+    items = {name.strip(): float(size) for name, size in re.findall(r"([a-zA-Z ]+) ([\d.]+) GB", listed)}
+    assert {"weights", "weight slots", "prefill workspace", "reserve"} <= set(items)
+    assert sum(items.values()) == pytest.approx(float(need), abs=0.01 * len(items))
+    # two streamed layers in flight, each OPT-175B layer's 12 h² + 13 h fp16 parameters
+    h = 12288
+    assert items["weight slots"] == pytest.approx(2 * (12 * h * h + 13 * h) * 2 / 1e9, abs=0.01)
+    assert not (tmp_path / "plan.json").exists()
