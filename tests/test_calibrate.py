@@ -6,6 +6,7 @@ measured on the device. Calibration starts from the shipped profile and must fin
 """
 
 import json
+import statistics
 
 import numpy as np
 import pytest
@@ -307,9 +308,9 @@ def test_gpu_calibration_bench_runs_in_its_cpu_mode(tmp_path, capsys, one_thread
     assert (tmp_path / "out" / "profiled.json").exists()
 
 
-def test_gpu_calibration_bench_errors_vanish_when_measured_is_the_simulation():
+def test_gpu_calibration_bench_errors_are_0_for_the_simulation_and_20pct_for_a_run_1_25x_slower():
     """The judging code against a closed form: a 'measured' trace that is the simulation itself
-    has zero error per plan and per step, and no step-to-step spread beyond the simulation's own."""
+    has zero error per plan and per step, one 1.25× slower everywhere has 20% everywhere."""
     from conftest import load_bench
 
     from advisor.catalog import load_hardware, load_model
@@ -323,3 +324,34 @@ def test_gpu_calibration_bench_errors_vanish_when_measured_is_the_simulation():
     errors = bench.errors_of(plans, traces, hw)
     assert len(errors["plan"]) == 3 and len(errors["step"]) > 0
     assert max(errors["plan"]) < 1e-9 and max(errors["step"]) < 1e-9
+    assert bench.spread(traces) == pytest.approx(
+        [abs(t - statistics.median(bench.counted(tr))) / statistics.median(bench.counted(tr)) * 100
+         for tr in traces for t in bench.counted(tr)], abs=1e-9)
+
+    # measured 1.25× slower than simulated, everywhere: every error is |1 − 1.25| / 1.25 = 20%
+    def slower(trace, factor=1.25):
+        records = [r.model_copy(update={"start_s": r.start_s * factor, "end_s": r.end_s * factor})
+                   for r in trace.records]
+        summary = trace.summary.model_copy(update={"step_times_s": [t * factor for t in trace.summary.step_times_s]})
+        return trace.model_copy(update={"records": records, "summary": summary})
+
+    errors = bench.errors_of(plans, [slower(t) for t in traces], hw)
+    for kind in ("plan", "step", "op"):
+        assert errors[kind] == pytest.approx([20.0] * len(errors[kind])), kind
+    # the spread is relative: the same when every step is 1.25× longer
+    assert bench.spread([slower(t) for t in traces]) == pytest.approx(bench.spread(traces), abs=1e-9)
+
+
+def test_gpu_calibration_bench_spread_is_each_steps_distance_from_its_runs_median():
+    from conftest import load_bench
+
+    bench = load_bench("bench_calibration_gpu")
+
+    class Summary:
+        warmup_steps_excluded = 1
+        step_times_s = [9.0, 1.0, 2.0, 4.0]  # the warm-up step (9) is left out; median of the rest is 2
+
+    class Trace:
+        summary = Summary()
+
+    assert bench.spread([Trace()]) == pytest.approx([50.0, 0.0, 100.0])

@@ -69,14 +69,28 @@ def test_column_schedule_loads_each_layer_weights_once_per_step_for_all_batches(
     assert len(row_loads) == steps * plan.model.num_layers * 4
 
 
-def test_double_buffering_makes_loads_wait_for_the_compute_two_layers_back():
-    graph = build_graph(_plan(split=4, gen=3))
+@pytest.mark.parametrize("schedule, gpu_batches", [("row", 1), ("column", 2), ("row", 2)])
+def test_double_buffering_makes_loads_wait_for_the_compute_two_layers_back(schedule, gpu_batches):
+    """Two buffer slots: a unit's loads reuse the slot of the attention two units before it in issue
+    order (across step boundaries), and wait for exactly that attention."""
+    graph = build_graph(_plan(split=4, gen=3, schedule=schedule, gpu_batches=gpu_batches, batch=4))
     by_id = graph.by_id()
+    attention_order = [op.id for op in graph.operations if op.kind == "attention" and op.step >= 0]
+    assert len(attention_order) == graph.decode_steps * 2 * gpu_batches  # steps × layers × GPU batches
+    checked = 0
     for op in graph.operations:
-        if op.kind == "load_kv" and not (op.step == 0 and op.layer < 2):
-            consumers = [d for d in op.deps if by_id[d].kind == "attention"]
-            assert len(consumers) == 1
-            assert by_id[consumers[0]].buffer == op.buffer
+        if op.kind not in ("load_kv", "load_act") or op.step < 0:
+            continue
+        unit = f"s{op.step}.L{op.layer}.b{op.batch}.attention"
+        position = attention_order.index(unit)
+        consumers = [d for d in op.deps if by_id[d].kind == "attention"]
+        if position < 2:
+            assert consumers == []  # the first two units find their slots free
+        else:
+            assert consumers == [attention_order[position - 2]]
+            assert by_id[consumers[0]].buffer == op.buffer == by_id[unit].buffer
+            checked += 1
+    assert checked > 0
 
 
 def test_store_policy_keeps_act_of_recomputed_and_kv_of_transferred_tokens():

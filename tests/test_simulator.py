@@ -227,9 +227,25 @@ def test_cpu_profile_step_times_are_sums_of_operation_times():
         == pytest.approx(1.0)
 
 
-def test_simulation_is_deterministic():
+def test_simulation_is_deterministic(tmp_path):
     plan = tiny_plan(hw=h100_variant(), schedule="column", gpu_batches=2, batch=4, weights=0)
     assert simulate_plan(plan) == simulate_plan(plan)
+    # and across processes whose string hashes differ (set and dict order must not leak in)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    write_document(tmp_path / "plan.json", plan)
+    root = Path(__file__).resolve().parent.parent
+    traces = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"trace-{seed}.json"
+        env = {"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "PYTHONHASHSEED": seed}
+        done = subprocess.run([sys.executable, "-m", "advisor", "simulate", str(tmp_path / "plan.json"), "-o", str(out)],
+                              env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        traces.append(load_document(Trace, out))
+    assert traces[0].records == traces[1].records == simulate_plan(plan).records
 
 
 # --- the pipelined closed form ------------------------------------------------------------------

@@ -67,10 +67,11 @@ def test_split_keys_work_from_the_default_focus_and_change_the_figures(tmp_path)
             batch.focus()
             await pilot.press("left_square_bracket")
             assert shown(app)["split"] == 4095 and batch.value == "32"
-            await pilot.press("end", "backspace", "2")
-            assert batch.value == "32"
+            await pilot.press("end", "backspace", "6")
+            assert batch.value == "36"
             await app.settled()
             assert app.main.query_one("#in-split", Input).value == "4095"
+            assert app.main.inputs.batch == 36  # the digits reached the workload, not just the field
 
     run(scenario())
 
@@ -160,7 +161,7 @@ def test_a_plan_that_cannot_fit_is_explained_not_a_crash(tmp_path):
             batch = app.main.query_one("#in-batch", Input)
             batch.value = "4096"
             app.main.query_one("#in-weights", Input).value = "1"
-            await pilot.pause(0.4)
+            await pilot.pause()  # the inputs' change messages are handled: the debounce is pending
             await app.settled()
             assert "cannot fit" in app.main.query_one("#notice").text
             assert shown(app) == {}
@@ -168,7 +169,8 @@ def test_a_plan_that_cannot_fit_is_explained_not_a_crash(tmp_path):
             assert "nothing to export" in app.main.query_one("#notice").text
             assert not (tmp_path / "plan.json").exists()
             batch.value = "0"
-            await pilot.pause(0.4)
+            await pilot.pause()
+            await app.settled()
             assert "batch: 0 must be positive" in app.main.query_one("#notice").text
 
     run(scenario())
@@ -252,9 +254,14 @@ def test_measured_trace_is_compared_per_lane_with_the_error(tmp_path):
             assert {"h2d busy / step", "gpu busy / step", "decode step", "TTFT"} <= set(rows)
             for row in rows.values():
                 assert row.error == pytest.approx(1 / 1.25 - 1, abs=1e-6)
+            assert app.main.query_one("#measured").note == ""
             await pilot.press("left_square_bracket")  # another plan: still compared, with a warning
             await app.settled()
-            assert app.main.query_one("#measured").rows
+            view = app.main.query_one("#measured")
+            assert "measured for another plan" in view.note
+            after = {row.name: row for row in view.rows}
+            assert after["decode step"].measured_s == rows["decode step"].measured_s
+            assert after["decode step"].predicted_s != rows["decode step"].predicted_s  # the new plan's
 
     run(scenario())
 

@@ -1,7 +1,6 @@
 """`advisor tune`: the loop's candidates, its convergence to the true profile's plan, the CPU run."""
 
 import re
-import time
 
 import numpy as np
 import pytest
@@ -76,14 +75,12 @@ def test_cli_tune_on_the_cpu_ends_within_its_rounds_and_reports(tmp_path, capsys
         gemm=[GemmCurve(n=c.n, k=c.k, points=[RatePoint(m=p.m, flops=p.flops * 20) for p in c.points])
               for c in cpu.gemm]))
     write_document(tmp_path / "wrong.json", wrong)
-    began = time.perf_counter()
     code = main(["tune", "--model", "tiny-opt", "--hardware", str(tmp_path / "wrong.json"), "--batch", "8",
                  "--prompt-len", "48", "--gen-len", "32", "--gpu-kv-budget", "0", "--schedule", "column",
                  "--device", "cpu", "--rounds", "3", "--steps", "3",
                  "-o", str(tmp_path / "tuned.json"), "--profile-output", str(tmp_path / "hw.json")])
-    elapsed = time.perf_counter() - began
     printed = capsys.readouterr().out
-    assert code == 0 and elapsed < 60
+    assert code == 0
     rounds = re.findall(r"^round (\d+):", printed, re.M)
     assert 1 <= len(rounds) <= 3
     first = re.search(r"^first plan: .*predicted ([\d.]+) ms .*measured ([\d.]+) ms", printed, re.M)

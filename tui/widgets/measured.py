@@ -18,9 +18,10 @@ class MeasuredView(Static):
     def __init__(self, **kwargs):
         super().__init__("", **kwargs)
         self.rows: list[LaneRow] = []
+        self.note = ""
 
     def show(self, title: str, rows: list[LaneRow], note: str = "") -> None:
-        self.rows = rows
+        self.rows, self.note = rows, note
         table = Table(title=title, title_justify="left", title_style="bold", box=None, padding=(0, 2))
         table.add_column("")
         table.add_column("predicted", justify="right")
@@ -41,5 +42,5 @@ class MeasuredView(Static):
         self.update(table)
 
     def message(self, text: str, style: str = "dim") -> None:
-        self.rows = []
+        self.rows, self.note = [], ""
         self.update(Text(text, style=style))
