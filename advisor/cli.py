@@ -64,18 +64,23 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
+HARDWARE_HELP = "shipped or user profile name (advisor list), or a hardware profile JSON"
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, hardware_help: str = HARDWARE_HELP) -> None:
     parser.add_argument("--model", required=True, help="shipped name, model JSON, or HF checkpoint folder")
-    parser.add_argument("--hardware", required=True, help="shipped name or hardware profile JSON")
-    parser.add_argument("--batch", type=positive_int, required=True)
-    parser.add_argument("--prompt-len", type=positive_int, required=True)
-    parser.add_argument("--gen-len", type=positive_int, required=True)
+    parser.add_argument("--hardware", required=True, help=hardware_help)
+    parser.add_argument("--batch", type=positive_int, required=True, help="sequences decoded together")
+    parser.add_argument("--prompt-len", type=positive_int, required=True, help="prompt tokens per sequence")
+    parser.add_argument("--gen-len", type=positive_int, required=True, help="tokens generated per sequence")
 
 
 def add_plan_choices(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=["row", "column"], default=None,
                         help="row (latency) or column (throughput); default follows --objective")
-    parser.add_argument("--objective", choices=["latency", "throughput"], default=None)
+    parser.add_argument("--objective", choices=["latency", "throughput"], default=None,
+                        help="what the plan minimises: time per step (latency) or per token over the "
+                        "batch (throughput); default follows --schedule")
     parser.add_argument("--gpu-batches", type=positive_int, default=None,
                         help="GPU batches per step (column schedule); default: chosen")
     parser.add_argument("--weights-on-gpu", type=fraction, default=None,
@@ -84,9 +89,13 @@ def add_plan_choices(parser: argparse.ArgumentParser) -> None:
                         help="GPU memory the KV cache may use, GB; 0 offloads all of it")
     parser.add_argument("--split", type=non_negative_int, default=None,
                         help="force this split (tokens recomputed) for every step")
-    parser.add_argument("--chunks", type=positive_int, default=None, help="activation chunks per layer")
-    parser.add_argument("--cost-model", choices=["pipelined", "paper"], default="pipelined")
-    parser.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default=None)
+    parser.add_argument("--chunks", type=positive_int, default=None,
+                        help="activation chunks per layer (recomputation starts as each lands); default: chosen")
+    parser.add_argument("--cost-model", choices=["pipelined", "paper"], default="pipelined",
+                        help="pipelined: layers overlap as the runtime issues them (default); paper: the KVPR "
+                        "paper's form, each layer T_act + max(T_recompute, T_kv) then its other compute")
+    parser.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default=None,
+                        help="default: the model's own; fp32 on a CPU profile")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,71 +107,81 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("list", help="shipped and user profiles")
-    p.add_argument("kind", nargs="?", choices=["models", "hardware"], default=None)
+    p.add_argument("kind", nargs="?", choices=["models", "hardware"], default=None, help="default: both")
 
     p = sub.add_parser("schema", help="print a document's JSON schema")
-    p.add_argument("name", choices=["plan", "hardware", "model", "trace"])
+    p.add_argument("name", choices=["plan", "hardware", "model", "trace"], help="the document kind")
 
     p = sub.add_parser("plan", help="solve for the split and write a plan")
     add_workload_arguments(p)
     add_plan_choices(p)
-    p.add_argument("-o", "--output", default="plan.json")
+    p.add_argument("-o", "--output", default="plan.json", help="where to write the plan (default: plan.json)")
     p.add_argument("--json", action="store_true", help="print the plan's figures as JSON")
 
     p = sub.add_parser("simulate", help="predicted trace of a plan")
-    p.add_argument("plan")
+    p.add_argument("plan", help="a plan JSON (advisor plan)")
     p.add_argument("-o", "--output", default=None, help="write the predicted trace here")
     p.add_argument("--chrome", default=None, help="write a Chrome/Perfetto trace here")
     p.add_argument("--layers", type=positive_int, default=4, help="layers shown in the text timeline")
 
     p = sub.add_parser("execute", help="run a plan on the GPU (or CPU) and measure it")
-    p.add_argument("plan")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None)
+    p.add_argument("plan", help="a plan JSON (advisor plan)")
+    p.add_argument("-o", "--output", required=True, help="where to write the measured trace")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                   help="default: cuda when available, else the CPU mode (fp32, in order)")
     p.add_argument("--checkpoint", default=None, help="local Hugging Face checkpoint folder")
     prompt = p.add_mutually_exclusive_group()
     prompt.add_argument("--prompt-ids", default=None, help="JSON list (or list of lists) of token ids")
     prompt.add_argument("--prompt", default=None, help="prompt text (needs a tokenizer in --checkpoint)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--warmup-steps", type=non_negative_int, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights and prompt (default: 0)")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=None,
+                   help="first decode steps left out of the figures; default: 2 on a GPU with 6 or more "
+                   "decode steps, else 1 (0 with a single step)")
     p.add_argument("--calibrate", default=None, metavar="OUT",
                    help="refit the plan's hardware profile from this run and write it to OUT")
     p.add_argument("--no-timing-overhead", action="store_true",
                    help="skip rerunning a few decode steps to measure what the timing events cost")
 
     p = sub.add_parser("compare", help="predicted against measured")
-    p.add_argument("plan")
-    p.add_argument("measured")
-    p.add_argument("--predicted", default=None)
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--chrome", default=None, help="write both timelines as a Chrome trace here")
+    p.add_argument("plan", help="the plan JSON the trace was measured for")
+    p.add_argument("measured", help="a measured trace (advisor execute)")
+    p.add_argument("--predicted", default=None,
+                   help="a predicted trace (advisor simulate -o); default: simulate the plan now")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument("--chrome", default=None,
+                   help="write both timelines as a Chrome trace here (default: MEASURED.compare.chrome.json "
+                   "beside the measured trace)")
 
     p = sub.add_parser("profile", help="measure this machine into a hardware profile")
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--name", default=None)
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
+    p.add_argument("--quick", action="store_true",
+                   help="fewer sizes and repeats: copies up to 64 MiB instead of 1 GiB")
+    p.add_argument("-o", "--output", required=True, help="where to write the hardware profile")
+    p.add_argument("--name", default=None, help="the profile's name (default: HOST-DEVICE)")
 
     p = sub.add_parser("calibrate", help="refit a hardware profile from measured traces")
-    p.add_argument("measured", nargs="+")
-    p.add_argument("--hardware", required=True)
-    p.add_argument("-o", "--output", required=True)
+    p.add_argument("measured", nargs="+", help="measured traces (advisor execute)")
+    p.add_argument("--hardware", required=True, help="the profile to refit: a name or a JSON")
+    p.add_argument("-o", "--output", required=True, help="where to write the refitted profile")
     p.add_argument("--plan", action="append", default=None,
                    help="plan of each measured trace when it is not beside it")
 
     p = sub.add_parser("tune", help="profile, plan, execute, calibrate, re-plan")
-    add_workload_arguments(p)
+    add_workload_arguments(p, HARDWARE_HELP + "; `measure` (or a JSON path not there yet, or a profile of "
+                           "another device kind) profiles this machine first")
     add_plan_choices(p)
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None)
-    p.add_argument("--rounds", type=positive_int, default=3)
-    p.add_argument("--steps", type=positive_int, default=4, help="decode steps executed per candidate")
-    p.add_argument("-o", "--output", default="tuned-plan.json")
-    p.add_argument("--profile-output", default="tuned-hardware.json")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="most rounds of execute, calibrate, re-plan (default: 3)")
+    p.add_argument("--steps", type=positive_int, default=4, help="decode steps executed per candidate (default: 4)")
+    p.add_argument("-o", "--output", default="tuned-plan.json", help="the final plan (default: tuned-plan.json)")
+    p.add_argument("--profile-output", default="tuned-hardware.json",
+                   help="the calibrated profile (default: tuned-hardware.json)")
 
     p = sub.add_parser("tui", help="explore plans interactively")
-    p.add_argument("--plan", default=None)
-    p.add_argument("--measured", default=None)
-    p.add_argument("--export", default="plan.json")
+    p.add_argument("--plan", default=None, help="start from this plan JSON (default: the built-in workload)")
+    p.add_argument("--measured", default=None, help="overlay this measured trace")
+    p.add_argument("--export", default="plan.json", help="where e writes the chosen plan (default: plan.json)")
     return parser
 
 

@@ -9,8 +9,8 @@ Device side: the resident layers' weights, two weight slots for streamed layers,
 KV caches, and for offloaded layers two KV buffers (`[positions, b, kv_heads, d]`, sized for the
 longest context) and two activation buffers (`[act_tokens, b, h]`): the double buffers the
 operation graph's `buffer` slots name. Host side: pinned `HostStores` and streamed weights.
-Memory is counted before anything is allocated (`gpu_bytes`, `host_bytes`) so a plan that does
-not fit is refused with the numbers.
+Memory is counted before anything is allocated (`Runtime.memory_need`, from `advisor.memory`) so
+a plan that does not fit is refused with the numbers.
 """
 
 from __future__ import annotations

@@ -126,3 +126,14 @@ def test_a_gpu_that_cannot_hold_even_the_buffers_gets_every_item_that_adds_up_to
     h = 12288
     assert items["weight slots"] == pytest.approx(2 * (12 * h * h + 13 * h) * 2 / 1e9, abs=0.01)
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_every_argument_of_every_subcommand_says_what_it_is():
+    from advisor.cli import build_parser
+
+    parser = build_parser()
+    subcommands = next(a for a in parser._actions if a.dest == "command").choices
+    undocumented = [f"{name} {action.option_strings or action.dest}"
+                    for name, sub in subcommands.items() for action in sub._actions
+                    if action.dest != "help" and not action.help]
+    assert len(subcommands) == 10 and undocumented == []

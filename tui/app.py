@@ -605,9 +605,9 @@ class AdvisorApp(App):
         if isinstance(screen, MainScreen):
             yield SystemCommand("Split −1", "Recompute one token fewer per layer ([)", lambda: screen.action_move(-1))
             yield SystemCommand("Split +1", "Recompute one token more per layer (])", lambda: screen.action_move(1))
-            yield SystemCommand("Split −10%", "Move the split down a tenth of the context ({)",
+            yield SystemCommand("Split −10%", "Move the split down a tenth of the prompt ({)",
                                 lambda: screen.action_move_tenth(-1))
-            yield SystemCommand("Split +10%", "Move the split up a tenth of the context (})",
+            yield SystemCommand("Split +10%", "Move the split up a tenth of the prompt (})",
                                 lambda: screen.action_move_tenth(1))
             yield SystemCommand("LP optimum", "Jump to the split the LP chooses (o)", screen.action_optimum)
             yield SystemCommand("Toggle schedule", "Switch between row and column schedules (s)",

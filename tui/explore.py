@@ -54,7 +54,7 @@ class Inputs:
 
     @property
     def split_step(self) -> int:
-        """`{` and `}` move the split by a tenth of the context."""
+        """`{` and `}` move the split by a tenth of the prompt."""
         return max(1, round(self.prompt_len / 10))
 
 
