@@ -393,27 +393,69 @@ def _fits_resident(req: Request, wl: Workload, p: int) -> bool:
     return need.total <= req.hardware.gpu_memory_bytes and budget_ok
 
 
+def _split_grid(req: Request, setup: Setup) -> np.ndarray:
+    """The splits a candidate is screened over: the forced one, or a grid up to the prompt."""
+    if req.split is not None:
+        return np.array([req.split])
+    top = req.prompt_len if recompute_pays(setup.model) else 0
+    return np.unique(np.linspace(0, top, SCREEN_SPLITS).round().astype(int))
+
+
+def _host_need(setup: Setup, grid: np.ndarray) -> np.ndarray:
+    """Pinned host bytes per split of the grid: streamed weights and the store the split needs."""
+    return (memory.host_weight_bytes(setup.model, setup.p, setup.weights_gpu_layers)
+            + memory.host_store_bytes(setup.model, setup.workload, setup.p, setup.offloaded_layers, grid, grid))
+
+
 def _score(req: Request, setup: Setup, reasons: list[str]) -> Candidate | None:
     """The candidate's best cost over a grid of splits, or None when the host store cannot fit."""
-    wl, hw, p = setup.workload, setup.hw, setup.p
-    top = req.prompt_len if recompute_pays(setup.model) else 0
-    if req.split is not None:
-        grid = np.array([req.split])
-    else:
-        grid = np.unique(np.linspace(0, top, SCREEN_SPLITS).round().astype(int))
-    host = (memory.host_weight_bytes(setup.model, p, setup.weights_gpu_layers)
-            + memory.host_store_bytes(setup.model, wl, p, setup.offloaded_layers, grid, grid))
+    wl, hw = setup.workload, setup.hw
+    grid = _split_grid(req, setup)
+    host = _host_need(setup, grid)
     host_ok = host <= memory.host_limit(hw)
     if not host_ok.any():
-        reasons.append(
-            f"host memory: the pinned store and streamed weights need at least {memory.gib(host.min())}; "
-            f"the host allows {memory.gib(memory.host_limit(hw))} (90% of {memory.gib(hw.host_memory_bytes)})")
+        reasons.append(_host_reason(host, hw))
         return None
     if not wl.decode_steps:
         return Candidate(setup, ttft(setup), int(grid[0]))
     times = np.where(host_ok, sweep(setup, grid), np.inf)
     best = int(np.argmin(times))
     return Candidate(setup, float(times[best]) / req.batch, int(grid[best]))
+
+
+def _setup_for(req: Request, wl: Workload, p: int, weights_gpu_layers: int, chunks: int,
+               reasons: list[str]) -> Setup | None:
+    """The configuration with these weights on the GPU and as much KV resident as fits, or None
+    (with the reason) when not even the buffers fit beside the weights."""
+    model, hw, nw = req.model, req.hardware, weights_gpu_layers
+    resident = memory.max_resident_kv_layers(model, hw, wl, p, nw, req.gpu_kv_budget_bytes)
+    if resident < 0:
+        need = memory.gpu_memory(model, hw, wl, p, nw, 0, True)
+        items = memory.itemised({**need.items(), "reserve": need.reserved})
+        reasons.append(
+            f"GPU memory: {nw} layers of weights on the GPU and {wl.gpu_batches} GPU batch(es) need "
+            f"{memory.gib(need.total)} with no KV resident ({items}); the GPU has {memory.gib(hw.gpu_memory_bytes)}")
+        return None
+    offload = resident < model.num_layers
+    if not offload and req.split is not None:
+        return None  # a forced split asks what offloading with it does
+    return Setup(model, hw, wl, p, req.schedule, chunks if offload else 1, nw, resident, offload, req.cost_model)
+
+
+def _host_reason(host_need: np.ndarray, hw: HardwareProfile) -> str:
+    return (f"host memory: the pinned store and streamed weights need at least {memory.gib(host_need.min())}; "
+            f"the host allows {memory.gib(memory.host_limit(hw))} (90% of {memory.gib(hw.host_memory_bytes)})")
+
+
+def _fits(req: Request, setup: Setup | None, reasons: list[str]) -> bool:
+    """Whether a configuration fits GPU and host memory for some split (no cost model: cheap)."""
+    if setup is None:
+        return False
+    host = _host_need(setup, _split_grid(req, setup))
+    if (host <= memory.host_limit(req.hardware)).any():
+        return True
+    reasons.append(_host_reason(host, req.hardware))
+    return False
 
 
 def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
@@ -430,23 +472,28 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
     screen_chunks = chunk_choices[len(chunk_choices) // 2]
     for G in _batch_choices(req):
         wl = _workload(req, G)
-        for nw in _weight_choices(req):
-            resident = memory.max_resident_kv_layers(model, hw, wl, p, nw, req.gpu_kv_budget_bytes)
-            if resident < 0:
-                need = memory.gpu_memory(model, hw, wl, p, nw, 0, True)
-                items = memory.itemised({**need.items(), "reserve": need.reserved})
-                reasons.append(
-                    f"GPU memory: {nw} layers of weights on the GPU and {G} GPU batch(es) need "
-                    f"{memory.gib(need.total)} with no KV resident ({items}); the GPU has {memory.gib(hw.gpu_memory_bytes)}")
-                continue
-            offload = resident < model.num_layers
-            if not offload and req.split is not None:
-                continue  # a forced split asks what offloading with it does
-            setup = Setup(model, hw, wl, p, req.schedule, screen_chunks if offload else 1, nw, resident,
-                          offload, req.cost_model)
-            candidate = _score(req, setup, reasons)
+        tried = _weight_choices(req)  # from most layers on the GPU to fewest
+        fitted, batch_reasons = [], []
+        for nw in tried:
+            setup = _setup_for(req, wl, p, nw, screen_chunks, batch_reasons)
+            candidate = _score(req, setup, batch_reasons) if setup else None
             if candidate:
                 candidates.append(candidate)
+                fitted.append(nw)
+        if req.weights_on_gpu is None and not fitted:
+            # GPU memory caps the weights on the GPU from above, host memory (where streamed weights
+            # live) from below: a placement between the screened ones may fit where none of them
+            # did, so every placement is checked (memory only), and the ends of the range that fits
+            # scored
+            batch_reasons = []
+            fits = [nw for nw in range(model.num_layers, -1, -1)
+                    if nw in fitted or _fits(req, _setup_for(req, wl, p, nw, screen_chunks, batch_reasons),
+                                             batch_reasons)]
+            for nw in sorted({min(fits), max(fits)} - set(tried)) if fits else []:
+                candidate = _score(req, _setup_for(req, wl, p, nw, screen_chunks, []), [])
+                if candidate:
+                    candidates.append(candidate)
+        reasons += batch_reasons
     if candidates and len(chunk_choices) > 1:
         best = min(candidates, key=lambda c: c.score)
         if best.setup.offload:
@@ -521,14 +568,31 @@ def plan(req: Request) -> Plan:
 
     candidates, reasons = enumerate_candidates(req)
     if not candidates:
-        advice = ("lower --batch, --prompt-len or --gen-len, keep fewer weights on the GPU (--weights-on-gpu), "
-                  "or choose hardware with more memory")
-        binding = reasons[-1] if reasons else "no configuration fits"
-        raise UserError(f"the plan cannot fit: {binding}; {advice}")
+        raise UserError(f"the plan cannot fit: {why_nothing_fits(req, reasons)}")
     best = min(candidates, key=lambda c: c.score)
     solution = solve_splits(best.setup, req.split, best.best_split)
     splits = expand(solution, best.setup.workload.decode_steps)
     return _finish(req, best.setup, splits, notes, solve_s=solution.solve_s)
+
+
+def why_nothing_fits(req: Request, reasons: list[str]) -> str:
+    """The nearest miss of each memory that binds, and advice that would help with it.
+
+    Weight placements are tried from all layers on the GPU to none, so the last GPU-memory reason
+    needs the least GPU memory and the first host-memory reason the least host memory (streamed
+    weights live in host memory: moving weights off the GPU trades one for the other)."""
+    gpu = [r for r in reasons if r.startswith("GPU memory")]
+    host = [r for r in reasons if r.startswith("host memory")]
+    shown = ([gpu[-1]] if gpu else []) + ([host[0]] if host else []) or ["no configuration fits"]
+    advice = ["lower --batch, --prompt-len or --gen-len"]
+    forced = req.weights_on_gpu
+    if gpu and not host and forced:
+        advice.append("keep fewer weights on the GPU (--weights-on-gpu)")
+    if host and not gpu and forced is not None and forced < 1:
+        advice.append("keep more weights on the GPU (--weights-on-gpu)")
+    memories = " and ".join(name for name, binding in (("GPU", gpu), ("host", host)) if binding) or "more"
+    advice.append(f"or choose hardware with more {memories} memory".replace("more more", "more"))
+    return "; ".join(shown) + "; " + ", ".join(advice)
 
 
 def _finish(req: Request, setup: Setup, splits: list[int], notes: list[str], solve_s: float) -> Plan:

@@ -185,3 +185,51 @@ def test_windowed_solve_in_plan_equals_the_full_range_milp(h100, model, batch, p
     linear = LinearModel(setup, segments)
     assert linear.evaluate(result_splits := [result.splits[first] for first, _ in segments]) == \
         pytest.approx(linear.evaluate(full.splits), rel=1e-9), (result_splits, full.splits, expected)
+
+
+def _forced(model, hw, layers, batch=16):
+    from advisor.errors import UserError
+
+    try:
+        return plan(Request(model, hw, batch, 1024, 32, weights_on_gpu=layers / model.num_layers))
+    except UserError:
+        return None
+
+
+def test_weights_between_the_screened_placements_are_found_when_none_of_those_fits():
+    """OPT-30B on a 24 GB card with 64 GB of host memory: GPU memory allows at most a few layers'
+    weights, host memory (where streamed weights live) needs at least a few; no screened placement
+    (all, 3/4, 1/2, 1/4, none) fits, the range between does. Brute force: every placement forced."""
+    model, hw = load_model("opt-30b"), load_hardware("rtx4090-pcie4")
+    feasible = {n: p for n in range(model.num_layers + 1) if (p := _forced(model, hw, n)) is not None}
+    L = model.num_layers
+    assert feasible and not {L, 3 * L // 4, L // 2, L // 4, 0} & set(feasible)
+    assert sorted(feasible) == list(range(min(feasible), max(feasible) + 1))  # one contiguous range
+    chosen = plan(Request(model, hw, 16, 1024, 32))
+    assert chosen.weights_gpu_layers in (min(feasible), max(feasible))
+    best_end = min(feasible[min(feasible)].predicted.decode_step_s, feasible[max(feasible)].predicted.decode_step_s)
+    assert chosen.predicted.decode_step_s == pytest.approx(best_end, rel=1e-6)
+
+
+def test_when_nothing_fits_both_memories_nearest_misses_are_named():
+    """OPT-175B on an A100 40GB: every placement forced fails, on GPU memory with many layers'
+    weights on the GPU and on host memory with few; the message names the nearest miss of each."""
+    from advisor.errors import UserError
+
+    model, hw = load_model("opt-175b"), load_hardware("a100-40gb-pcie4")
+    why = {}
+    for n in range(model.num_layers + 1):
+        with pytest.raises(UserError) as caught:
+            plan(Request(model, hw, 16, 1024, 32, weights_on_gpu=n / model.num_layers))
+        why[n] = caught.value.lines[0]
+    gpu_misses = [n for n, line in why.items() if "fit: GPU memory" in line]
+    host_misses = [n for n, line in why.items() if "fit: host memory" in line]
+    assert gpu_misses and host_misses and sorted(gpu_misses + host_misses) == list(range(model.num_layers + 1))
+    assert max(host_misses) + 1 == min(gpu_misses)  # few layers on the GPU: host binds; many: the GPU
+    with pytest.raises(UserError) as caught:
+        plan(Request(model, hw, 16, 1024, 32))
+    message = caught.value.lines[0]
+    assert f"GPU memory: {min(gpu_misses)} layers of weights on the GPU" in message
+    host_nearest = why[max(host_misses)].split("fit: ", 1)[1].split("; lower", 1)[0]
+    assert host_nearest in message
+    assert message.endswith("or choose hardware with more GPU and host memory")
