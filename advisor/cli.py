@@ -250,6 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     module_name, function_name = HANDLERS[args.command].split(":")
     try:
         handler = getattr(importlib.import_module(module_name), function_name)
+    except ModuleNotFoundError as missing:  # e.g. textual on a GPU box that only executes plans
+        print(f"advisor {args.command}: needs the Python package {missing.name!r}, which is not installed "
+              f"here (pip install -e . installs what every command needs)", file=sys.stderr)
+        return UserError.exit_code
+    try:
         return int(handler(args) or 0)
     except UserError as error:
         for line in error.lines:

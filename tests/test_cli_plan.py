@@ -137,3 +137,13 @@ def test_every_argument_of_every_subcommand_says_what_it_is():
                     for name, sub in subcommands.items() for action in sub._actions
                     if action.dest != "help" and not action.help]
     assert len(subcommands) == 10 and undocumented == []
+
+
+def test_a_command_whose_package_is_missing_names_it_in_one_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "textual", None)  # as on the GPU machine, which has no textual
+    for name in [m for m in sys.modules if m == "tui" or m.startswith("tui.")]:
+        monkeypatch.delitem(sys.modules, name)
+    assert main(["tui"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("advisor tui: needs the Python package 'textual', which is not installed here "
+                           "(pip install -e . installs what every command needs)")
