@@ -592,7 +592,35 @@ def why_nothing_fits(req: Request, reasons: list[str]) -> str:
         advice.append("keep more weights on the GPU (--weights-on-gpu)")
     memories = " and ".join(name for name, binding in (("GPU", gpu), ("host", host)) if binding) or "more"
     advice.append(f"or choose hardware with more {memories} memory".replace("more more", "more"))
-    return "; ".join(shown) + "; " + ", ".join(advice)
+    largest = largest_batch_that_fits(req)
+    advice.append(f"(--batch {largest} fits, all else equal)" if largest else "(not even --batch 1 fits)")
+    return "; ".join(shown) + "; " + ", ".join(advice[:-1]) + " " + advice[-1]
+
+
+def fits_somehow(req: Request) -> bool:
+    """Whether some GPU batching and weight placement fits GPU and host memory (memory only)."""
+    p = DTYPE_BYTES[req.dtype]
+    chunks = req.chunks or CHUNK_CHOICES[len(CHUNK_CHOICES) // 2]
+    placements = _weight_choices(req) if req.weights_on_gpu is not None else range(req.model.num_layers, -1, -1)
+    for G in _batch_choices(req):
+        if req.batch % G:
+            continue
+        wl = _workload(req, G)
+        if any(_fits(req, _setup_for(req, wl, p, nw, chunks, []), []) for nw in placements):
+            return True
+    return False
+
+
+def largest_batch_that_fits(req: Request) -> int | None:
+    """The largest batch below the request's that fits, by bisection (memory grows with the batch)."""
+    low, high = 0, req.batch - 1
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits_somehow(replace(req, batch=middle)):
+            low = middle
+        else:
+            high = middle - 1
+    return low or None
 
 
 def _finish(req: Request, setup: Setup, splits: list[int], notes: list[str], solve_s: float) -> Plan:

@@ -232,4 +232,32 @@ def test_when_nothing_fits_both_memories_nearest_misses_are_named():
     assert f"GPU memory: {min(gpu_misses)} layers of weights on the GPU" in message
     host_nearest = why[max(host_misses)].split("fit: ", 1)[1].split("; lower", 1)[0]
     assert host_nearest in message
-    assert message.endswith("or choose hardware with more GPU and host memory")
+    assert "or choose hardware with more GPU and host memory" in message
+    # the weights alone need more host memory than there is, whatever the batch
+    assert message.endswith("(not even --batch 1 fits)")
+
+
+@pytest.mark.parametrize("model_name, hardware_name, schedule", [
+    ("opt-30b", "t4-pcie3", "row"),
+    ("opt-13b", "rtx3090-pcie4", "column"),
+])
+def test_the_batch_a_refusal_suggests_is_the_largest_that_plans(model_name, hardware_name, schedule):
+    """Brute force above the suggestion: it plans, and every batch between it and the refused one
+    is refused."""
+    import re
+
+    from advisor.errors import UserError
+
+    model, hw = load_model(model_name), load_hardware(hardware_name)
+
+    def plans(batch):
+        try:
+            plan(Request(model, hw, batch, 1024, 8, schedule=schedule))
+            return None
+        except UserError as error:
+            return error.lines[0]
+
+    refused, message = next((b, m) for b in (16, 24, 32, 48, 64, 96, 128) if (m := plans(b)))
+    suggested = int(re.search(r"\(--batch (\d+) fits, all else equal\)$", message).group(1))
+    assert 0 < suggested < refused and plans(suggested) is None
+    assert all(plans(b) for b in range(suggested + 1, refused))
