@@ -487,9 +487,8 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
             # scored
             batch_reasons = []
             fits = [nw for nw in range(model.num_layers, -1, -1)
-                    if nw in fitted or _fits(req, _setup_for(req, wl, p, nw, screen_chunks, batch_reasons),
-                                             batch_reasons)]
-            for nw in sorted({min(fits), max(fits)} - set(tried)) if fits else []:
+                    if _fits(req, _setup_for(req, wl, p, nw, screen_chunks, batch_reasons), batch_reasons)]
+            for nw in sorted({min(fits), max(fits)}) if fits else []:
                 candidate = _score(req, _setup_for(req, wl, p, nw, screen_chunks, []), [])
                 if candidate:
                     candidates.append(candidate)
@@ -590,8 +589,8 @@ def why_nothing_fits(req: Request, reasons: list[str]) -> str:
         advice.append("keep fewer weights on the GPU (--weights-on-gpu)")
     if host and not gpu and forced is not None and forced < 1:
         advice.append("keep more weights on the GPU (--weights-on-gpu)")
-    memories = " and ".join(name for name, binding in (("GPU", gpu), ("host", host)) if binding) or "more"
-    advice.append(f"or choose hardware with more {memories} memory".replace("more more", "more"))
+    memories = " and ".join(name for name, binding in (("GPU", gpu), ("host", host)) if binding)
+    advice.append(f"or choose hardware with more {memories} memory" if memories else "or choose other hardware")
     largest = largest_batch_that_fits(req)
     advice.append(f"(--batch {largest} fits, all else equal)" if largest else "(not even --batch 1 fits)")
     return "; ".join(shown) + "; " + ", ".join(advice[:-1]) + " " + advice[-1]
