@@ -394,9 +394,19 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
 
 
+def _not_a_file(path: Path) -> bool:
+    """A device, pipe or socket (`-o /dev/null`, `-o >(gzip > x)`): written in place, never replaced."""
+    return path.exists() and not path.is_file() and not path.is_dir()
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
+    """Write to a temporary file beside `path`, then rename: readers never see half a file.
+    A path that is not a regular file (a device, a pipe) is written in place instead."""
     path = Path(path)
+    if _not_a_file(path):
+        with open(path, "w") as handle:
+            handle.write(text)
+        return
     fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "w") as handle:
@@ -419,6 +429,10 @@ def check_writable(*paths: str | os.PathLike | None) -> None:
         path = Path(path)
         if path.is_dir():
             raise UserError(f"{path}: cannot write: is a folder")
+        if _not_a_file(path):
+            if not os.access(path, os.W_OK):
+                raise UserError(f"{path}: cannot write: permission denied")
+            continue
         try:
             fd, tmp = _temp_beside(path)
             os.close(fd)

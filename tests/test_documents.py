@@ -116,3 +116,26 @@ def test_check_writable_refuses_a_folder_and_leaves_nothing_behind(tmp_path):
         check_writable(tmp_path)
     check_writable(tmp_path / "new" / "plan.json", None)
     assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []
+
+
+def test_a_pipe_or_device_output_is_written_in_place_not_replaced(tmp_path):
+    """`-o /dev/null` or a named pipe: the atomic rename would put a regular file in its place
+    (as root, /dev/null itself); such a path is written directly instead."""
+    import os
+    import stat
+    import threading
+
+    from advisor.documents import check_writable, write_document
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()), daemon=True)
+    reader.start()
+    check_writable(fifo)
+    hw = load_hardware("h100-pcie5")
+    write_document(fifo, hw)
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert received and HardwareProfile.model_validate_json(received[0]) == hw
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]  # no temporary file left
