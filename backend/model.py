@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from advisor.documents import ModelSpec
+from advisor.memory import ATTENTION_ROWS, MLP_ROWS
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 INIT_STD = 0.02
@@ -250,7 +251,8 @@ def attend_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Te
     return torch.bmm(probs, vh).reshape(b, kvh * g * d)
 
 
-def attend_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, max_tokens: int = 32768) -> torch.Tensor:
+def attend_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                   max_tokens: int = ATTENTION_ROWS) -> torch.Tensor:
     """Causal self-attention of a prompt: q [T, b, heads, d], k/v [T, b, kv_heads, d] → [T, b, h].
 
     Runs a few sequences at a time (at most `max_tokens` query tokens) to bound the workspace
@@ -279,7 +281,7 @@ def out_projection(w: LayerWeights, attn: torch.Tensor) -> torch.Tensor:
     return F.linear(attn, w.wo, w.bo)
 
 
-def mlp(spec: ModelSpec, w: LayerWeights, x: torch.Tensor, max_rows: int = 16384) -> torch.Tensor:
+def mlp(spec: ModelSpec, w: LayerWeights, x: torch.Tensor, max_rows: int = MLP_ROWS) -> torch.Tensor:
     """Post-attention norm, MLP and residual of hidden states `x` [..., h] (rows in parts of max_rows)."""
     shape = x.shape
     rows = x.reshape(-1, shape[-1])

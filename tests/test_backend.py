@@ -364,3 +364,15 @@ def test_a_failed_registration_unpins_what_was_pinned(monkeypatch):
     with pytest.raises(PinError, match="error 2"):
         HostSlab([Piece((i,), (PAGE,), torch.uint8) for i in range(5)], pin=True)
     assert sorted(fake.unregistered) == sorted(ptr for ptr, _ in fake.registered)
+
+
+@pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
+def test_prefill_mlp_in_parts_equals_one_pass(name):
+    spec = load_model(name)
+    layout = M.LayerLayout(spec)
+    flat = torch.empty(layout.numel)
+    M.RandomWeights(0).fill_layer(spec, layout, 0, flat)
+    weights = M.LayerWeights(flat, layout, spec)
+    x = torch.randn(7, 3, spec.hidden, generator=torch.Generator().manual_seed(1))
+    whole = M.mlp(spec, weights, x, max_rows=10**6)
+    assert torch.allclose(M.mlp(spec, weights, x, max_rows=4), whole, atol=1e-6)  # 21 rows in 6 parts
