@@ -67,10 +67,19 @@ def non_negative_float(text: str) -> float:
 HARDWARE_HELP = "shipped or user profile name (advisor list), or a hardware profile JSON"
 
 
-def add_workload_arguments(parser: argparse.ArgumentParser, hardware_help: str = HARDWARE_HELP) -> None:
+def batch_or_max(text: str) -> int | str:
+    return "max" if text.strip().lower() == "max" else positive_int(text)
+
+
+def add_workload_arguments(parser: argparse.ArgumentParser, hardware_help: str = HARDWARE_HELP,
+                           batch_max: bool = False) -> None:
     parser.add_argument("--model", required=True, help="shipped name, model JSON, or HF checkpoint folder")
     parser.add_argument("--hardware", required=True, help=hardware_help)
-    parser.add_argument("--batch", type=positive_int, required=True, help="sequences decoded together")
+    if batch_max:
+        parser.add_argument("--batch", type=batch_or_max, required=True,
+                            help="sequences decoded together, or `max`: the largest batch that fits (up to 4096)")
+    else:
+        parser.add_argument("--batch", type=positive_int, required=True, help="sequences decoded together")
     parser.add_argument("--prompt-len", type=positive_int, required=True, help="prompt tokens per sequence")
     parser.add_argument("--gen-len", type=positive_int, required=True, help="tokens generated per sequence")
 
@@ -113,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", choices=["plan", "hardware", "model", "trace"], help="the document kind")
 
     p = sub.add_parser("plan", help="solve for the split and write a plan")
-    add_workload_arguments(p)
+    add_workload_arguments(p, batch_max=True)
     add_plan_choices(p)
     p.add_argument("-o", "--output", default="plan.json", help="where to write the plan (default: plan.json)")
     p.add_argument("--json", action="store_true", help="print the plan's figures as JSON")

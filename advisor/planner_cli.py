@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
+from dataclasses import replace
 
 from advisor.catalog import load_hardware, load_model
 from advisor.documents import Plan, write_document
 from advisor.errors import UserError
-from advisor.scheduler import Request, plan
+from advisor.scheduler import Request, fits_somehow, largest_batch_that_fits, plan
 
 
 def build_request(model, hardware, *, batch: int, prompt_len: int, gen_len: int, schedule=None, objective=None,
@@ -22,13 +24,29 @@ def build_request(model, hardware, *, batch: int, prompt_len: int, gen_len: int,
     )
 
 
+MAX_BATCH = 4096  # where `--batch max` stops looking
+
+
 def request_from_args(args) -> Request:
-    return build_request(
-        load_model(args.model), load_hardware(args.hardware), batch=args.batch, prompt_len=args.prompt_len,
-        gen_len=args.gen_len, schedule=args.schedule, objective=args.objective, gpu_batches=args.gpu_batches,
-        weights_on_gpu=args.weights_on_gpu, gpu_kv_budget_gb=args.gpu_kv_budget, split=args.split,
-        chunks=args.chunks, cost_model=args.cost_model, dtype=args.dtype,
+    """The request for the options; `--batch max` becomes the largest batch that fits (all else equal)."""
+    request = build_request(
+        load_model(args.model), load_hardware(args.hardware), batch=MAX_BATCH if args.batch == "max" else args.batch,
+        prompt_len=args.prompt_len, gen_len=args.gen_len, schedule=args.schedule, objective=args.objective,
+        gpu_batches=args.gpu_batches, weights_on_gpu=args.weights_on_gpu, gpu_kv_budget_gb=args.gpu_kv_budget,
+        split=args.split, chunks=args.chunks, cost_model=args.cost_model, dtype=args.dtype,
     )
+    if args.batch != "max":
+        return request
+    request = request.resolved()
+    if fits_somehow(request):
+        print(f"batch: max → {MAX_BATCH} (it fits; the search stops there)", file=sys.stderr)
+        return request
+    largest = largest_batch_that_fits(request)
+    if largest is None:
+        raise UserError("--batch max: not even a batch of 1 fits, all else equal: "
+                        "plan --batch 1 for the reasons")
+    print(f"batch: max → {largest}, the largest that fits GPU and host memory, all else equal", file=sys.stderr)
+    return replace(request, batch=largest)
 
 
 def _ms(seconds: float | None) -> str:

@@ -147,3 +147,15 @@ def test_a_command_whose_package_is_missing_names_it_in_one_line(monkeypatch, ca
     err = capsys.readouterr().err
     assert err.strip() == ("advisor tui: needs the Python package 'textual', which is not installed here "
                            "(pip install -e . installs what every command needs)")
+
+
+def test_batch_max_plans_the_largest_batch_that_fits(tmp_path, capsys):
+    args = ["plan", "--model", "opt-6.7b", "--hardware", "t4-pcie3", "--prompt-len", "1024", "--gen-len", "8",
+            "--json"]
+    assert main(args + ["--batch", "max", "-o", str(tmp_path / "max.json")]) == 0
+    out = capsys.readouterr()
+    json.loads(out.out)  # the choice goes to stderr: --json stays parseable
+    chosen = load_document(Plan, tmp_path / "max.json").workload.batch
+    assert f"batch: max → {chosen}, the largest that fits" in out.err
+    assert main(args + ["--batch", str(chosen + 1), "-o", str(tmp_path / "above.json")]) == 2
+    assert "cannot fit" in capsys.readouterr().err and not (tmp_path / "above.json").exists()
