@@ -44,13 +44,6 @@ class GpuMemory:
                 "tokens and logits": self.tokens_and_logits}
 
 
-# the backend runs a prefill MLP over at most this many rows at a time: GEMMs of 8192 rows run within
-# 2% of the H100's rate at 32768 (reference microbench, hidden 4096-7168), and the MLP's temporaries
-# stay at 8192 rows whatever the batch and prompt (the cost model costs the MLP as one GEMM)
-MLP_ROWS = 8192
-ATTENTION_ROWS = 32768  # and its attention over at most this many (or one prompt)
-
-
 def resident_kv_bytes_per_layer(model: ModelSpec, workload: Workload, p: int) -> int:
     return shapes.kv_bytes(model, workload.batch, workload.max_context, p)
 
@@ -63,8 +56,8 @@ def prefill_workspace_bytes(model: ModelSpec, workload: Workload, p: int) -> int
     b, G, T = workload.gpu_batch_size, workload.gpu_batches, workload.prompt_len
     rows = b * T
     up = f * (2 if model.activation == "swiglu" else 1)
-    mlp_rows = min(rows, MLP_ROWS)
-    attn_rows = min(rows, max(T, ATTENTION_ROWS))
+    mlp_rows = min(rows, shapes.MLP_ROWS)
+    attn_rows = min(rows, max(T, shapes.ATTENTION_ROWS))
     return (rows * ((G + 4) * h + 2 * (2 * kv + h)) + attn_rows * 3 * h + mlp_rows * (up + f + h)) * p
 
 

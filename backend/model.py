@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from advisor.documents import ModelSpec
-from advisor.memory import ATTENTION_ROWS, MLP_ROWS
+from advisor.shapes import ATTENTION_ROWS, MLP_ROWS
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 INIT_STD = 0.02

@@ -111,3 +111,18 @@ def test_resident_layers_have_no_copies():
     for op in build_graph(plan).operations:
         if op.layer == 0:
             assert op.lane == "gpu"
+
+
+def test_a_prefill_mlp_is_costed_in_the_row_parts_the_backend_runs():
+    from advisor import shapes
+
+    model = load_model("opt-1.3b")
+    h, f = model.hidden, model.ffn_hidden
+    rows = 2 * shapes.MLP_ROWS + 100
+    gemms, nbytes, kernels = shapes.mlp_work(model, rows, 2)
+    assert [m for m, _, _ in gemms] == [shapes.MLP_ROWS] * 4 + [100] * 2  # up and down GEMM per part
+    assert sum(2 * m * n * k for m, n, k in gemms) == 2 * rows * (f * h + h * f)  # the same FLOPs
+    assert kernels == 4 * 3 and nbytes == rows * f * 2
+    graph = build_graph(_plan(model="opt-1.3b", batch=12, prompt=1500, gen=2, split=0))
+    prefill_mlp = next(op for op in graph.operations if op.step == PREFILL and op.kind == "mlp")
+    assert [m for m, _, _ in prefill_mlp.gemms] == [shapes.MLP_ROWS] * 4 + [12 * 1500 - 2 * shapes.MLP_ROWS] * 2
