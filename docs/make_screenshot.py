@@ -1,7 +1,7 @@
 """Regenerate docs/tui.svg (and docs/tui.png where cairosvg is installed): `python docs/make_screenshot.py`.
 
 The app opens on its built-in default (OPT-6.7B shapes with 8k positions on the H100 profile,
-batch 32, prompt 4096, 128 new tokens); `{` moves the split a tenth of the context below the LP
+batch 32, prompt 4096, 128 new tokens); `{` moves the split a tenth of the prompt below the LP
 optimum, so both are marked on the chart. The PNG is rendered with DejaVu Sans Mono, which has
 the braille and box-drawing characters at the terminal's cell width.
 """
