@@ -82,7 +82,9 @@ def describe(p: Plan) -> list[str]:
         if pred.baseline_step_s is not None:
             lines.append(f"full-transfer baseline (split 0, same residency and chunking): "
                          f"{_ms(pred.baseline_step_s)} per step → speedup {pred.speedup_vs_full_transfer:.3f}×")
-        if pred.resident_step_s is not None and p.offload:
+        if not wl.decode_steps:
+            lines.append("no decode steps (--gen-len 1): no step time to compare with full transfer or a resident cache")
+        elif pred.resident_step_s is not None and p.offload:
             lines.append(f"GPU-resident cache (fits): {_ms(pred.resident_step_s)} per step → this plan runs at "
                          f"{pred.speedup_vs_resident:.3f}× its speed")
         elif p.offload:

@@ -159,3 +159,13 @@ def test_batch_max_plans_the_largest_batch_that_fits(tmp_path, capsys):
     assert f"batch: max → {chosen}, the largest that fits" in out.err
     assert main(args + ["--batch", str(chosen + 1), "-o", str(tmp_path / "above.json")]) == 2
     assert "cannot fit" in capsys.readouterr().err and not (tmp_path / "above.json").exists()
+
+
+def test_a_single_new_token_has_no_step_to_compare_and_is_not_called_unfit(tmp_path, capsys):
+    args = ["plan", "--model", "opt-125m", "--hardware", "h100-pcie5", "--batch", "1", "--prompt-len", "8",
+            "--gen-len", "1", "--gpu-kv-budget", "0", "-o", str(tmp_path / "plan.json")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "no decode steps (--gen-len 1)" in printed and "does not fit" not in printed
+    plan = load_document(Plan, tmp_path / "plan.json")
+    assert plan.splits == [] and plan.predicted.ttft_s > 0

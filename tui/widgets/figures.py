@@ -67,13 +67,14 @@ class Figures(Static):
             table.add_row("vs full transfer",
                           f"{pred.speedup_vs_full_transfer:.3f}× ({ms(pred.baseline_step_s)} at split 0)")
         else:
-            table.add_row("vs full transfer", Text("n/a: nothing offloaded" if not plan.offload else "n/a",
-                                                   style="dim"))
+            why = "nothing offloaded" if not plan.offload else "no decode steps" if not wl.decode_steps else ""
+            table.add_row("vs full transfer", Text(f"n/a: {why}" if why else "n/a", style="dim"))
         if pred.speedup_vs_resident is not None:
             table.add_row("vs resident KV",
                           f"{pred.speedup_vs_resident:.3f}× ({ms(pred.resident_step_s)} if resident)")
         else:
-            table.add_row("vs resident KV", Text("does not fit on this GPU", style="dim"))
+            table.add_row("vs resident KV", Text("does not fit on this GPU" if wl.decode_steps else "n/a: no decode steps",
+                                                 style="dim"))
         kv = L if not plan.offload else plan.resident_kv_layers
         table.add_row("on the GPU", f"weights {plan.weights_gpu_layers}/{L} · KV {kv}/{L} layers")
         table.add_row("batching", f"{wl.gpu_batches} GPU batch{'es' if wl.gpu_batches > 1 else ''} of "
