@@ -395,8 +395,9 @@ def _temp_beside(path: Path) -> tuple[int, str]:
 
 
 def _not_a_file(path: Path) -> bool:
-    """A device, pipe or socket (`-o /dev/null`, `-o >(gzip > x)`): written in place, never replaced."""
-    return path.exists() and not path.is_file() and not path.is_dir()
+    """A device, pipe or socket (`-o /dev/null`, `-o >(gzip > x)`), or a link (`-o /dev/stdout`):
+    written in place, through the link, never replaced by a file of its own."""
+    return path.is_symlink() or (path.exists() and not path.is_file() and not path.is_dir())
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -430,7 +431,8 @@ def check_writable(*paths: str | os.PathLike | None) -> None:
         if path.is_dir():
             raise UserError(f"{path}: cannot write: is a folder")
         if _not_a_file(path):
-            if not os.access(path, os.W_OK):
+            target = path.resolve()
+            if not os.access(target if target.exists() else target.parent, os.W_OK):
                 raise UserError(f"{path}: cannot write: permission denied")
             continue
         try:

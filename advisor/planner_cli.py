@@ -43,8 +43,7 @@ def request_from_args(args) -> Request:
         return request
     largest = largest_batch_that_fits(request)
     if largest is None:
-        raise UserError("--batch max: not even a batch of 1 fits, all else equal: "
-                        "plan --batch 1 for the reasons")
+        raise UserError("--batch max: no batch fits, all else equal: plan a small --batch for the reasons")
     print(f"batch: max → {largest}, the largest that fits GPU and host memory, all else equal", file=sys.stderr)
     return replace(request, batch=largest)
 

@@ -437,8 +437,6 @@ def _setup_for(req: Request, wl: Workload, p: int, weights_gpu_layers: int, chun
             f"{memory.gib(need.total)} with no KV resident ({items}); the GPU has {memory.gib(hw.gpu_memory_bytes)}")
         return None
     offload = resident < model.num_layers
-    if not offload and req.split is not None:
-        return None  # a forced split asks what offloading with it does
     return Setup(model, hw, wl, p, req.schedule, chunks if offload else 1, nw, resident, offload, req.cost_model)
 
 
@@ -493,6 +491,8 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
                 if candidate:
                     candidates.append(candidate)
         reasons += batch_reasons
+    if req.split is not None and any(c.setup.offload for c in candidates):
+        candidates = [c for c in candidates if c.setup.offload]  # a forced split asks what offloading does
     if candidates and len(chunk_choices) > 1:
         best = min(candidates, key=lambda c: c.score)
         if best.setup.offload:
@@ -524,6 +524,9 @@ def screen_windows(setup: Setup, segments: list[tuple[int, int]], screened: int 
     return windows
 
 
+NO_OFFLOAD_NOTE = "no offloading needed: the whole KV cache fits on the GPU beside the weights"
+
+
 def solve_splits(setup: Setup, forced: int | None = None, screened: int | None = None) -> Solution:
     """Per-segment splits by MILP (or the forced / GQA answer), with the solve time."""
     steps = setup.workload.decode_steps
@@ -535,12 +538,20 @@ def solve_splits(setup: Setup, forced: int | None = None, screened: int | None =
         split = forced or 0
         return Solution(splits=[split], objective_s=0.0, segments=[(0, steps - 1)])
     segments = segments_of(steps, setup.workload.prompt_len)
-    lin = LinearModel(setup, segments, screen_windows(setup, segments, screened))
+    windows = screen_windows(setup, segments, screened)
     start = time.perf_counter()
     try:
-        solution = lin.solve()
+        solution = LinearModel(setup, segments, windows).solve()
     except _NoSolution as error:
-        raise UserError(f"no feasible split: the MILP reports {error}; the host store may not fit") from None
+        # the windows follow the screened split as the context grows; where host memory is tight a
+        # window can leave no split the store holds (its act and KV extents span the segments), so
+        # the full range is solved before giving up
+        try:
+            if windows is None:
+                raise error
+            solution = LinearModel(setup, segments, None).solve()
+        except _NoSolution as final:
+            raise UserError(f"no feasible split: the MILP reports {final}; the host store may not fit") from None
     solution.solve_s = time.perf_counter() - start
     return solution
 
@@ -561,14 +572,15 @@ def plan(req: Request) -> Plan:
     if req.weights_on_gpu in (None, 1.0) and _fits_resident(req, wl1, p):
         setup = Setup(req.model, req.hardware, wl1, p, req.schedule, 1, req.model.num_layers,
                       req.model.num_layers, False, req.cost_model)
-        notes.append("no offloading needed: the whole KV cache fits on the GPU beside the weights"
-                     + ("" if req.gpu_kv_budget_bytes is None else " within --gpu-kv-budget"))
+        notes.append(NO_OFFLOAD_NOTE + ("" if req.gpu_kv_budget_bytes is None else " within --gpu-kv-budget"))
         return _finish(req, setup, [0] * wl1.decode_steps, notes, solve_s=0.0)
 
     candidates, reasons = enumerate_candidates(req)
     if not candidates:
         raise UserError(f"the plan cannot fit: {why_nothing_fits(req, reasons)}")
     best = min(candidates, key=lambda c: c.score)
+    if not best.setup.offload:
+        notes.append(NO_OFFLOAD_NOTE + (": --split has no effect" if req.split is not None else ""))
     solution = solve_splits(best.setup, req.split, best.best_split)
     splits = expand(solution, best.setup.workload.decode_steps)
     return _finish(req, best.setup, splits, notes, solve_s=solution.solve_s)
@@ -583,7 +595,8 @@ def why_nothing_fits(req: Request, reasons: list[str]) -> str:
     gpu = [r for r in reasons if r.startswith("GPU memory")]
     host = [r for r in reasons if r.startswith("host memory")]
     shown = ([gpu[-1]] if gpu else []) + ([host[0]] if host else []) or ["no configuration fits"]
-    advice = ["lower --batch, --prompt-len or --gen-len"]
+    smallest = _batch_unit(req) if req.gpu_batches else 1
+    advice = ["lower --batch, --prompt-len or --gen-len" if req.batch > smallest else "lower --prompt-len or --gen-len"]
     forced = req.weights_on_gpu
     if gpu and not host and forced:
         advice.append("keep fewer weights on the GPU (--weights-on-gpu)")
@@ -591,9 +604,11 @@ def why_nothing_fits(req: Request, reasons: list[str]) -> str:
         advice.append("keep more weights on the GPU (--weights-on-gpu)")
     memories = " and ".join(name for name, binding in (("GPU", gpu), ("host", host)) if binding)
     advice.append(f"or choose hardware with more {memories} memory" if memories else "or choose other hardware")
-    largest = largest_batch_that_fits(req)
-    advice.append(f"(--batch {largest} fits, all else equal)" if largest else "(not even --batch 1 fits)")
-    return "; ".join(shown) + "; " + ", ".join(advice[:-1]) + " " + advice[-1]
+    if req.batch > smallest:
+        largest = largest_batch_that_fits(req)
+        advice.append(f"(--batch {largest} fits, all else equal)" if largest else
+                      f"(not even --batch {smallest} fits)")
+    return "; ".join(shown) + "; " + ", ".join(advice)
 
 
 def fits_somehow(req: Request) -> bool:
@@ -603,23 +618,45 @@ def fits_somehow(req: Request) -> bool:
     placements = _weight_choices(req) if req.weights_on_gpu is not None else range(req.model.num_layers, -1, -1)
     for G in _batch_choices(req):
         if req.batch % G:
-            continue
+            return False  # a forced GPU batch count that does not divide the batch
         wl = _workload(req, G)
         if any(_fits(req, _setup_for(req, wl, p, nw, chunks, []), []) for nw in placements):
             return True
     return False
 
 
+def _batch_unit(req: Request) -> int:
+    """A batch step over which fitting is monotone: every GPU batch count the planner may use
+    divides its multiples (a forced count, or all of 1..32 in the column schedule)."""
+    if req.gpu_batches:
+        return req.gpu_batches
+    return max(_batch_choices(replace(req, batch=32))) if req.schedule == "column" else 1
+
+
 def largest_batch_that_fits(req: Request) -> int | None:
-    """The largest batch below the request's that fits, by bisection (memory grows with the batch)."""
-    low, high = 0, req.batch - 1
+    """The largest batch below the request's that fits, all else equal (memory only), or None.
+
+    With a given GPU batch count, memory grows with the batch, so fitting is monotone over the
+    multiples of `_batch_unit`: bisection finds the largest such multiple. In the column schedule a
+    batch between it and the next multiple can still fit with fewer, larger GPU batches (18 as 2 of
+    9 where 17 has only 1 of 17), so those are tried from the top; none above the next multiple can
+    (its multiple below would fit too)."""
+    unit = _batch_unit(req)
+
+    def fits(batch: int) -> bool:
+        return fits_somehow(replace(req, batch=batch))
+
+    low, high = 0, (req.batch - 1) // unit
     while low < high:
         middle = (low + high + 1) // 2
-        if fits_somehow(replace(req, batch=middle)):
+        if fits(middle * unit):
             low = middle
         else:
             high = middle - 1
-    return low or None
+    best = low * unit
+    if not req.gpu_batches and unit > 1:
+        best = next((b for b in range(min(req.batch - 1, best + unit - 1), best, -1) if fits(b)), best)
+    return best or None
 
 
 def _finish(req: Request, setup: Setup, splits: list[int], notes: list[str], solve_s: float) -> Plan:

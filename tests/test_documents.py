@@ -139,3 +139,12 @@ def test_a_pipe_or_device_output_is_written_in_place_not_replaced(tmp_path):
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
     assert received and HardwareProfile.model_validate_json(received[0]) == hw
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.fifo"]  # no temporary file left
+
+    # a link is written through, and stays a link
+    target = tmp_path / "real.json"
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    check_writable(link)
+    write_document(link, hw)
+    assert link.is_symlink() and load_document(HardwareProfile, target) == hw
+

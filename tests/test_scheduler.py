@@ -261,3 +261,56 @@ def test_the_batch_a_refusal_suggests_is_the_largest_that_plans(model_name, hard
     suggested = int(re.search(r"\(--batch (\d+) fits, all else equal\)$", message).group(1))
     assert 0 < suggested < refused and plans(suggested) is None
     assert all(plans(b) for b in range(suggested + 1, refused))
+
+
+def test_a_host_memory_tight_workload_still_gets_a_split_when_the_windows_leave_none():
+    """OPT-6.7B on a 4090 profile, batch 136: the host store fits only for splits near the prompt,
+    and the windows that follow the screened split as the context grows left the MILP infeasible;
+    the full range then has a plan, which stays within host memory."""
+    from advisor import memory
+
+    hw = load_hardware("rtx4090-pcie4")
+    chosen = plan(Request(load_model("opt-6.7b"), hw, 136, 1024, 128))
+    assert chosen.offload and chosen.splits
+    assert chosen.predicted.host_pinned_bytes <= memory.host_limit(hw)
+
+
+def test_in_the_column_schedule_the_suggested_batch_is_the_largest_by_brute_force():
+    """Fitting batches are not contiguous there (24 fits as several GPU batches where 23, a prime,
+    can only be one), so bisection alone can miss the largest; every batch below the refused one
+    is planned."""
+    from advisor.errors import UserError
+    from advisor.scheduler import largest_batch_that_fits
+
+    model, hw = load_model("opt-30b"), load_hardware("t4-pcie3")
+
+    def plans(batch):
+        try:
+            plan(Request(model, hw, batch, 512, 8, schedule="column"))
+            return True
+        except UserError:
+            return False
+
+    working = [b for b in range(1, 64) if plans(b)]
+    assert not plans(64) and working != list(range(1, max(working) + 1))  # gaps: not contiguous
+    assert largest_batch_that_fits(Request(model, hw, 64, 512, 8, schedule="column").resolved()) == max(working)
+
+
+def test_batch_max_with_a_forced_gpu_batch_count_keeps_to_its_multiples(tmp_path, capsys):
+    from advisor.cli import main
+    from advisor.documents import Plan, load_document
+
+    args = ["plan", "--model", "opt-1.3b", "--hardware", "t4-pcie3", "--prompt-len", "512", "--gen-len", "8",
+            "--schedule", "column", "--gpu-batches", "3"]
+    assert main(args + ["--batch", "max", "-o", str(tmp_path / "max.json")]) == 0
+    chosen = load_document(Plan, tmp_path / "max.json").workload
+    assert chosen.gpu_batches == 3 and chosen.batch % 3 == 0
+    assert main(args + ["--batch", str(chosen.batch + 3), "-o", str(tmp_path / "above.json")]) == 2
+    capsys.readouterr()
+
+
+def test_a_forced_split_where_the_whole_cache_fits_plans_it_resident_and_says_the_split_does_nothing():
+    chosen = plan(Request(load_model("opt-125m"), load_hardware("a100-80gb-pcie4"), 20, 512, 8, split=8,
+                          weights_on_gpu=0.5))
+    assert not chosen.offload and chosen.resident_kv_layers == 12 and chosen.weights_gpu_layers == 6
+    assert any("--split has no effect" in note for note in chosen.notes)

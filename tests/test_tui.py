@@ -167,6 +167,7 @@ def test_a_plan_that_cannot_fit_is_explained_not_a_crash(tmp_path):
             assert shown(app) == {}
             notice = app.main.query_one("#notice")
             assert "fits, all else equal)" in notice.text  # the whole reason is shown, to its last words
+            await pilot.pause()  # its layout follows the new text
             width = notice.content_region.width
             assert notice.get_content_height(notice.size, app.size, width) <= notice.content_region.height
             await pilot.press("left_square_bracket", "e")  # still alive, and says why nothing is exported
