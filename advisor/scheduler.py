@@ -409,14 +409,11 @@ def _host_need(setup: Setup, grid: np.ndarray) -> np.ndarray:
 
 def _score(req: Request, setup: Setup, reasons: list[str]) -> Candidate | None:
     """The candidate's best cost over a grid of splits, or None when the host store cannot fit."""
-    wl, hw = setup.workload, setup.hw
     grid = _split_grid(req, setup)
-    host = _host_need(setup, grid)
-    host_ok = host <= memory.host_limit(hw)
+    host_ok = _host_fits(req, setup, grid, reasons)
     if not host_ok.any():
-        reasons.append(_host_reason(host, hw))
         return None
-    if not wl.decode_steps:
+    if not setup.workload.decode_steps:
         return Candidate(setup, ttft(setup), int(grid[0]))
     times = np.where(host_ok, sweep(setup, grid), np.inf)
     best = int(np.argmin(times))
@@ -440,20 +437,19 @@ def _setup_for(req: Request, wl: Workload, p: int, weights_gpu_layers: int, chun
     return Setup(model, hw, wl, p, req.schedule, chunks if offload else 1, nw, resident, offload, req.cost_model)
 
 
-def _host_reason(host_need: np.ndarray, hw: HardwareProfile) -> str:
-    return (f"host memory: the pinned store and streamed weights need at least {memory.gib(host_need.min())}; "
-            f"the host allows {memory.gib(memory.host_limit(hw))} (90% of {memory.gib(hw.host_memory_bytes)})")
+def _host_fits(req: Request, setup: Setup, grid: np.ndarray, reasons: list[str]) -> np.ndarray:
+    """Per split of the grid, whether host memory holds it; the reason when none does."""
+    host, limit, hw = _host_need(setup, grid), memory.host_limit(req.hardware), req.hardware
+    fits = host <= limit
+    if not fits.any():
+        reasons.append(f"host memory: the pinned store and streamed weights need at least {memory.gib(host.min())}; "
+                       f"the host allows {memory.gib(limit)} (90% of {memory.gib(hw.host_memory_bytes)})")
+    return fits
 
 
 def _fits(req: Request, setup: Setup | None, reasons: list[str]) -> bool:
     """Whether a configuration fits GPU and host memory for some split (no cost model: cheap)."""
-    if setup is None:
-        return False
-    host = _host_need(setup, _split_grid(req, setup))
-    if (host <= memory.host_limit(req.hardware)).any():
-        return True
-    reasons.append(_host_reason(host, req.hardware))
-    return False
+    return setup is not None and bool(_host_fits(req, setup, _split_grid(req, setup), reasons).any())
 
 
 def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
