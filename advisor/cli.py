@@ -67,8 +67,9 @@ def non_negative_float(text: str) -> float:
 HARDWARE_HELP = "shipped or user profile name (advisor list), or a hardware profile JSON"
 
 
-def batch_or_max(text: str) -> int | str:
-    return "max" if text.strip().lower() == "max" else positive_int(text)
+def batch_or_search(text: str) -> int | str:
+    word = text.strip().lower()
+    return word if word in ("max", "best") else positive_int(text)
 
 
 def add_workload_arguments(parser: argparse.ArgumentParser, hardware_help: str = HARDWARE_HELP,
@@ -76,8 +77,9 @@ def add_workload_arguments(parser: argparse.ArgumentParser, hardware_help: str =
     parser.add_argument("--model", required=True, help="shipped name, model JSON, or HF checkpoint folder")
     parser.add_argument("--hardware", required=True, help=hardware_help)
     if batch_max:
-        parser.add_argument("--batch", type=batch_or_max, required=True,
-                            help="sequences decoded together, or `max`: the largest batch that fits (up to 4096)")
+        parser.add_argument("--batch", type=batch_or_search, required=True,
+                            help="sequences decoded together; `max`: the largest batch that fits (up to 4096); "
+                            "`best`: of 1, 2, 3, 4, 6, 8, 12, … up to that, the one with the most decode tokens/s")
     else:
         parser.add_argument("--batch", type=positive_int, required=True, help="sequences decoded together")
     parser.add_argument("--prompt-len", type=positive_int, required=True, help="prompt tokens per sequence")

@@ -24,28 +24,78 @@ def build_request(model, hardware, *, batch: int, prompt_len: int, gen_len: int,
     )
 
 
-MAX_BATCH = 4096  # where `--batch max` stops looking
+MAX_BATCH = 4096  # where `--batch max` and `--batch best` stop looking
 
 
 def request_from_args(args) -> Request:
-    """The request for the options; `--batch max` becomes the largest batch that fits (all else equal)."""
+    """The request for the options; `--batch max` (and `best`, until `best_batch_plan` narrows it)
+    becomes the largest batch that fits, all else equal."""
+    searching = args.batch in ("max", "best")
     request = build_request(
-        load_model(args.model), load_hardware(args.hardware), batch=MAX_BATCH if args.batch == "max" else args.batch,
+        load_model(args.model), load_hardware(args.hardware), batch=MAX_BATCH if searching else args.batch,
         prompt_len=args.prompt_len, gen_len=args.gen_len, schedule=args.schedule, objective=args.objective,
         gpu_batches=args.gpu_batches, weights_on_gpu=args.weights_on_gpu, gpu_kv_budget_gb=args.gpu_kv_budget,
         split=args.split, chunks=args.chunks, cost_model=args.cost_model, dtype=args.dtype,
     )
-    if args.batch != "max":
+    if not searching:
         return request
     request = request.resolved()
     if fits_somehow(request):
-        print(f"batch: max → {MAX_BATCH} (it fits; the search stops there)", file=sys.stderr)
+        print(f"batch: {args.batch} → at most {MAX_BATCH} (it fits; the search stops there)", file=sys.stderr)
         return request
     largest = largest_batch_that_fits(request)
     if largest is None:
-        raise UserError("--batch max: no batch fits, all else equal: plan a small --batch for the reasons")
-    print(f"batch: max → {largest}, the largest that fits GPU and host memory, all else equal", file=sys.stderr)
+        raise UserError(f"--batch {args.batch}: no batch fits, all else equal: plan a small --batch for the reasons")
+    print(f"batch: the largest that fits GPU and host memory, all else equal, is {largest}", file=sys.stderr)
     return replace(request, batch=largest)
+
+
+def batch_sizes_up_to(top: int, unit: int) -> list[int]:
+    """The batches `--batch best` plans: unit × 1, 2, 3, 4, 6, 8, 12, … up to `top`, and `top`."""
+    factors = sorted({m << k for k in range(13) for m in (1, 3)})
+    return sorted({unit * f for f in factors if unit * f <= top} | {top})
+
+
+def best_batch_plan(request: Request) -> Plan:
+    """Of the batches up to the request's (the largest that fits), the plan with the most decode
+    tokens per second; each one tried is reported on stderr. Throughput is not monotone in the
+    batch: a small batch may keep more layers' KV on the GPU than a large one."""
+    if request.gen_len < 2:
+        raise UserError("--batch best compares decode throughput: it needs --gen-len 2 or more")
+    unit = request.gpu_batches or 1
+    plans: dict[int, Plan | None] = {}
+
+    def try_batches(batches) -> None:
+        for batch in batches:
+            if batch in plans:
+                continue
+            try:
+                plans[batch] = plan(replace(request, batch=batch))
+            except UserError as error:
+                plans[batch] = None
+                print(f"  batch {batch:5d}: does not plan ({error.lines[0][:80]}…)", file=sys.stderr)
+                continue
+            pred = plans[batch].predicted
+            print(f"  batch {batch:5d}: {pred.decode_tokens_per_s:10.1f} tokens/s, step {_ms(pred.decode_step_s)}",
+                  file=sys.stderr)
+
+    def best_so_far() -> Plan | None:
+        planned = [p for p in plans.values() if p is not None]
+        return max(planned, key=lambda p: p.predicted.decode_tokens_per_s, default=None)
+
+    coarse = batch_sizes_up_to(request.batch, unit)
+    try_batches(coarse)
+    best = best_so_far()
+    if best is not None:  # then the batches between the best's neighbours (at most 16 of them)
+        i = coarse.index(best.workload.batch)
+        low, high = coarse[max(i - 1, 0)], coarse[min(i + 1, len(coarse) - 1)]
+        between = list(range(low + unit, high, unit))
+        try_batches(between[::max(1, -(-len(between) // 16))])
+        best = best_so_far()
+    if best is None:
+        raise UserError("--batch best: no batch plans, all else equal: plan a small --batch for the reasons")
+    print(f"batch: best → {best.workload.batch}, the most decode tokens/s of those", file=sys.stderr)
+    return best
 
 
 def _ms(seconds: float | None) -> str:
@@ -94,7 +144,7 @@ def describe(p: Plan) -> list[str]:
 
 def cmd_plan(args) -> int:
     request = request_from_args(args)
-    result = plan(request)
+    result = best_batch_plan(request) if args.batch == "best" else plan(request)
     try:
         write_document(args.output, result)
     except OSError as error:

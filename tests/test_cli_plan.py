@@ -169,3 +169,42 @@ def test_a_single_new_token_has_no_step_to_compare_and_is_not_called_unfit(tmp_p
     assert "no decode steps (--gen-len 1)" in printed and "does not fit" not in printed
     plan = load_document(Plan, tmp_path / "plan.json")
     assert plan.splits == [] and plan.predicted.ttft_s > 0
+
+
+@pytest.mark.parametrize("model_name, hardware_name, prompt, schedule", [
+    ("opt-2.7b", "l4-pcie4", 2000, "row"),
+    ("llama-2-7b", "rtx4090-pcie4", 1500, "column"),
+])
+def test_batch_best_finds_the_brute_force_best_throughput(tmp_path, capsys, model_name, hardware_name, prompt,
+                                                          schedule):
+    """Brute force: every batch up to the largest that fits is planned; `--batch best` (about 15
+    of them) lands on the one with the most decode tokens/s, which is not the largest (a smaller
+    batch keeps more of its KV on the GPU)."""
+    from advisor.catalog import load_hardware, load_model
+    from advisor.errors import UserError
+    from advisor.scheduler import Request, largest_batch_that_fits, plan
+
+    model, hw = load_model(model_name), load_hardware(hardware_name)
+    top = largest_batch_that_fits(Request(model, hw, 4096, prompt, 8, schedule=schedule).resolved())
+    throughput = {}
+    for batch in range(1, top + 1):
+        try:
+            throughput[batch] = plan(Request(model, hw, batch, prompt, 8, schedule=schedule)).predicted.decode_tokens_per_s
+        except UserError:
+            pass
+    brute = max(throughput, key=throughput.get)
+    assert brute < top
+    args = ["plan", "--model", model_name, "--hardware", hardware_name, "--batch", "best", "--prompt-len",
+            str(prompt), "--gen-len", "8", "--schedule", schedule, "-o", str(tmp_path / "best.json")]
+    assert main(args) == 0
+    chosen = load_document(Plan, tmp_path / "best.json")
+    assert chosen.workload.batch == brute
+    assert chosen.predicted.decode_tokens_per_s == pytest.approx(throughput[brute])
+    assert f"batch: best → {brute}" in capsys.readouterr().err
+
+
+def test_batch_best_needs_decode_steps(tmp_path, capsys):
+    args = ["plan", "--model", "opt-125m", "--hardware", "h100-pcie5", "--batch", "best", "--prompt-len", "64",
+            "--gen-len", "1", "-o", str(tmp_path / "best.json")]
+    assert main(args) == 2
+    assert "--gen-len 2 or more" in capsys.readouterr().err and not (tmp_path / "best.json").exists()
