@@ -156,7 +156,7 @@ def test_batch_max_plans_the_largest_batch_that_fits(tmp_path, capsys):
     out = capsys.readouterr()
     json.loads(out.out)  # the choice goes to stderr: --json stays parseable
     chosen = load_document(Plan, tmp_path / "max.json").workload.batch
-    assert f"batch: max → {chosen}, the largest that fits" in out.err
+    assert f"batch: the largest that fits GPU and host memory, all else equal, is {chosen}" in out.err
     assert main(args + ["--batch", str(chosen + 1), "-o", str(tmp_path / "above.json")]) == 2
     assert "cannot fit" in capsys.readouterr().err and not (tmp_path / "above.json").exists()
 
