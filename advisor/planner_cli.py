@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 
 from advisor.catalog import load_hardware, load_model
@@ -37,16 +38,23 @@ def request_from_args(args) -> Request:
         gpu_batches=args.gpu_batches, weights_on_gpu=args.weights_on_gpu, gpu_kv_budget_gb=args.gpu_kv_budget,
         split=args.split, chunks=args.chunks, cost_model=args.cost_model, dtype=args.dtype,
     )
-    if not searching:
-        return request
-    request = request.resolved()
+    return with_largest_batch(request, f"--batch {args.batch}", _to_stderr) if searching else request
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def with_largest_batch(request: Request, asked: str, report: Callable[[str], None]) -> Request:
+    """The request with the largest batch up to MAX_BATCH that fits, all else equal."""
+    request = replace(request.resolved(), batch=MAX_BATCH)
     if fits_somehow(request):
-        print(f"batch: {args.batch} → at most {MAX_BATCH} (it fits; the search stops there)", file=sys.stderr)
+        report(f"batch: {MAX_BATCH} fits; the search stops there")
         return request
     largest = largest_batch_that_fits(request)
     if largest is None:
-        raise UserError(f"--batch {args.batch}: no batch fits, all else equal: plan a small --batch for the reasons")
-    print(f"batch: the largest that fits GPU and host memory, all else equal, is {largest}", file=sys.stderr)
+        raise UserError(f"{asked}: no batch fits, all else equal: plan a small --batch for the reasons")
+    report(f"batch: the largest that fits GPU and host memory, all else equal, is {largest}")
     return replace(request, batch=largest)
 
 
@@ -56,9 +64,9 @@ def batch_sizes_up_to(top: int, unit: int) -> list[int]:
     return sorted({unit * f for f in factors if unit * f <= top} | {top})
 
 
-def best_batch_plan(request: Request) -> Plan:
+def best_batch_plan(request: Request, report: Callable[[str], None] = _to_stderr) -> Plan:
     """Of the batches up to the request's (the largest that fits), the plan with the most decode
-    tokens per second; each one tried is reported on stderr. Throughput is not monotone in the
+    tokens per second; each one tried is reported (a line each). Throughput is not monotone in the
     batch: a small batch may keep more layers' KV on the GPU than a large one."""
     if request.gen_len < 2:
         raise UserError("--batch best compares decode throughput: it needs --gen-len 2 or more")
@@ -73,11 +81,10 @@ def best_batch_plan(request: Request) -> Plan:
                 plans[batch] = plan(replace(request, batch=batch))
             except UserError as error:
                 plans[batch] = None
-                print(f"  batch {batch:5d}: does not plan ({error.lines[0][:80]}…)", file=sys.stderr)
+                report(f"  batch {batch:5d}: does not plan ({error.lines[0][:80]}…)")
                 continue
             pred = plans[batch].predicted
-            print(f"  batch {batch:5d}: {pred.decode_tokens_per_s:10.1f} tokens/s, step {_ms(pred.decode_step_s)}",
-                  file=sys.stderr)
+            report(f"  batch {batch:5d}: {pred.decode_tokens_per_s:10.1f} tokens/s, step {_ms(pred.decode_step_s)}")
 
     def best_so_far() -> Plan | None:
         planned = [p for p in plans.values() if p is not None]
@@ -94,7 +101,7 @@ def best_batch_plan(request: Request) -> Plan:
         best = best_so_far()
     if best is None:
         raise UserError("--batch best: no batch plans, all else equal: plan a small --batch for the reasons")
-    print(f"batch: best → {best.workload.batch}, the most decode tokens/s of those", file=sys.stderr)
+    report(f"batch: best → {best.workload.batch}, the most decode tokens/s of those")
     return best
 
 

@@ -278,7 +278,7 @@ def test_command_palette_offers_the_same_actions(tmp_path):
             await app.settled()
             commands = {c.title: c for c in app.get_system_commands(app.main)}
             for title in ("Split −1", "Split +1", "Split −10%", "Split +10%", "LP optimum", "Toggle schedule",
-                          "Export plan", "Load measured trace"):
+                          "Best batch", "Export plan", "Load measured trace"):
                 assert title in commands
             commands["Split −10%"].callback()
             assert shown(app)["split"] == 4096 - 410
@@ -308,3 +308,29 @@ def test_snapshot_main_screen_column_schedule(snap_compare, tmp_path):
 
     app = AdvisorApp(export_path="plan.json")
     assert snap_compare(app, terminal_size=SIZE, run_before=column)
+
+
+def test_b_sets_the_batch_with_the_most_tokens_per_second(tmp_path):
+    """The same search as `advisor plan --batch best`, whose answer is brute-force tested."""
+    from advisor.catalog import load_hardware, load_model
+    from advisor.planner_cli import best_batch_plan, with_largest_batch
+    from advisor.scheduler import Request
+
+    request = Request(load_model("opt-2.7b"), load_hardware("l4-pcie4"), 8, 2000, 8, schedule="row")
+    expected = best_batch_plan(with_largest_batch(request, "test", lambda line: None), lambda line: None)
+
+    async def scenario():
+        inputs = Inputs(model="opt-2.7b", hardware="l4-pcie4", batch=8, prompt_len=2000, gen_len=8, schedule="row")
+        app = AdvisorApp(inputs=inputs, export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            await pilot.press("b")
+            await app.settled()
+            await pilot.pause()
+            await app.settled()
+            assert app.main.query_one("#in-batch", Input).value == str(expected.workload.batch)
+            assert app.main.inputs.batch == expected.workload.batch
+            assert f"best batch: {expected.workload.batch} (" in app.main.query_one("#notice").text
+            assert shown(app)["decode_step_s"] == pytest.approx(expected.predicted.decode_step_s)
+
+    run(scenario())

@@ -28,6 +28,7 @@ from advisor import shapes
 from advisor.documents import DTYPE_BYTES, Plan, Trace, load_document, write_document
 from advisor.errors import UserError
 from advisor.plans import default_dtype
+from advisor.planner_cli import best_batch_plan, with_largest_batch
 from advisor.scheduler import predict, recompute_pays
 from tui.explore import (
     Explorer, Inputs, compare_lanes, current_split, describe_model, gpu_waits, timeline_copy,
@@ -96,6 +97,7 @@ class MainScreen(Screen):
         Binding("right_curly_bracket", "move_tenth(1)", "+10%", key_display="}", priority=True),
         Binding("o", "optimum", "LP optimum", priority=True),
         Binding("s", "toggle_schedule", "row/column", priority=True),
+        Binding("b", "best_batch", "best batch", priority=True),
         Binding("e", "export", "export", priority=True),
         Binding("m", "measured", "measured", priority=True),
         Binding("q", "app.quit", "quit", priority=True),
@@ -165,7 +167,8 @@ class MainScreen(Screen):
                 yield _row("split", NumberInput(str(self.split), compact=True, id="in-split"))
                 yield Static(Text("[ ] split ±1   { } ±10%\n"
                                   "o LP optimum   s row/column\n"
-                                  "e export   m measured   q quit\n"
+                                  "b best batch   e export\n"
+                                  "m measured   q quit\n"
                                   "ctrl+p: command palette", style="dim"), id="keys-help")
             with Vertical(id="main"):
                 yield Notice(id="notice")
@@ -469,6 +472,39 @@ class MainScreen(Screen):
         self.chart_data.optimum_split = self._optimum_split()
         self._show_current()
 
+    def action_best_batch(self) -> None:
+        """Search the batch with the most decode tokens/s (as `advisor plan --batch best`) in the
+        background, then set the batch field to it."""
+        self.action_note = ("info", "best batch: searching …")
+        self.refresh_notice()
+        self._best_batch_worker(self.inputs)
+
+    @work(thread=True, exclusive=True, group="best", exit_on_error=False)
+    def _best_batch_worker(self, inputs: Inputs) -> None:
+        def report(line: str) -> None:
+            self._post(self._best_batch_progress, line.strip())
+
+        try:
+            request = with_largest_batch(self.explorer.request(inputs, None), "best batch", report)
+            best = best_batch_plan(request, report)
+        except UserError as error:
+            self._post(self._best_batch_done, None, "; ".join(error.lines))
+            return
+        self._post(self._best_batch_done, best.workload.batch,
+                   f"{best.predicted.decode_tokens_per_s:,.1f} tokens/s, of batches up to {request.batch}")
+
+    def _best_batch_progress(self, line: str) -> None:
+        self.action_note = ("info", f"best batch: searching … {line}")
+        self.refresh_notice()
+
+    def _best_batch_done(self, batch: int | None, text: str) -> None:
+        if batch is None:
+            self.action_note = ("error", f"best batch: {text}")
+        else:
+            self.query_one("#in-batch", Input).value = str(batch)  # re-solves, as typing it would
+            self.action_note = ("ok", f"best batch: {batch} ({text}); the batch field is set to it")
+        self.refresh_notice()
+
     def action_toggle_schedule(self) -> None:
         select = self.query_one("#in-schedule", Select)
         with self.prevent(Select.Changed):
@@ -612,6 +648,8 @@ class AdvisorApp(App):
             yield SystemCommand("LP optimum", "Jump to the split the LP chooses (o)", screen.action_optimum)
             yield SystemCommand("Toggle schedule", "Switch between row and column schedules (s)",
                                 screen.action_toggle_schedule)
+            yield SystemCommand("Best batch", "Set the batch with the most decode tokens/s (b)",
+                                screen.action_best_batch)
             yield SystemCommand("Export plan", f"Write the current plan to {screen.export_path} (e)",
                                 screen.action_export)
             yield SystemCommand("Load measured trace", "Overlay a measured run (m)", screen.action_measured)
