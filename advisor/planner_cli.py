@@ -10,7 +10,7 @@ from dataclasses import replace
 from advisor.catalog import load_hardware, load_model
 from advisor.documents import Plan, write_document
 from advisor.errors import UserError
-from advisor.scheduler import Request, fits_somehow, largest_batch_that_fits, plan
+from advisor.scheduler import Request, check_request, fits_somehow, largest_batch_that_fits, plan
 
 
 def build_request(model, hardware, *, batch: int, prompt_len: int, gen_len: int, schedule=None, objective=None,
@@ -47,62 +47,94 @@ def _to_stderr(line: str) -> None:
 
 def with_largest_batch(request: Request, asked: str, report: Callable[[str], None]) -> Request:
     """The request with the largest batch up to MAX_BATCH that fits, all else equal."""
-    request = replace(request.resolved(), batch=MAX_BATCH)
-    if fits_somehow(request):
-        report(f"batch: {MAX_BATCH} fits; the search stops there")
-        return request
-    largest = largest_batch_that_fits(request)
+    request = request.resolved()
+    unit = request.gpu_batches or 1
+    cap = replace(request, batch=MAX_BATCH // unit * unit)
+    check_request(cap)  # a prompt too long for the model fails every batch alike: say so at once
+    if fits_somehow(cap):
+        report(f"batch: {cap.batch} fits; the search stops there")
+        return cap
+    largest = largest_batch_that_fits(cap)
     if largest is None:
-        raise UserError(f"{asked}: no batch fits, all else equal: plan a small --batch for the reasons")
+        raise UserError(f"{asked}: no batch fits, all else equal: plan a small batch for the reasons")
     report(f"batch: the largest that fits GPU and host memory, all else equal, is {largest}")
     return replace(request, batch=largest)
 
 
 def batch_sizes_up_to(top: int, unit: int) -> list[int]:
-    """The batches `--batch best` plans: unit × 1, 2, 3, 4, 6, 8, 12, … up to `top`, and `top`."""
+    """The batches `--batch best` plans first: unit × 1, 2, 3, 4, 6, 8, 12, … up to `top`, and `top`."""
     factors = sorted({m << k for k in range(13) for m in (1, 3)})
     return sorted({unit * f for f in factors if unit * f <= top} | {top})
 
 
-def best_batch_plan(request: Request, report: Callable[[str], None] = _to_stderr) -> Plan:
+REFINE_ROUNDS, REFINE_BATCHES = 3, 16
+
+
+def best_batch_plan(request: Request, report: Callable[[str], None] = _to_stderr,
+                    stop: Callable[[], bool] = lambda: False) -> Plan | None:
     """Of the batches up to the request's (the largest that fits), the plan with the most decode
     tokens per second; each one tried is reported (a line each). Throughput is not monotone in the
-    batch: a small batch may keep more layers' KV on the GPU than a large one."""
+    batch: a small batch may keep more layers' KV on the GPU than a large one.
+
+    First a coarse pass (`batch_sizes_up_to`), then up to REFINE_ROUNDS passes between the best's
+    nearest tried neighbours, each planning at most REFINE_BATCHES of the batches there, the most
+    divisible by powers of two first (in the column schedule they can be split into the most GPU
+    batch counts, so they plan best), nearest to the best next. `stop()` true ends the search
+    early (None)."""
     if request.gen_len < 2:
         raise UserError("--batch best compares decode throughput: it needs --gen-len 2 or more")
     unit = request.gpu_batches or 1
     plans: dict[int, Plan | None] = {}
+    first_error: list[str] = []
 
-    def try_batches(batches) -> None:
+    def try_batches(batches) -> bool:
         for batch in batches:
-            if batch in plans:
-                continue
+            if stop():
+                return False
             try:
                 plans[batch] = plan(replace(request, batch=batch))
             except UserError as error:
                 plans[batch] = None
-                report(f"  batch {batch:5d}: does not plan ({error.lines[0][:80]}…)")
+                first_error[:] = first_error or error.lines[:1]
+                report(f"  batch {batch:5d}: does not plan ({_shortened(error.lines[0], 80)})")
                 continue
             pred = plans[batch].predicted
             report(f"  batch {batch:5d}: {pred.decode_tokens_per_s:10.1f} tokens/s, step {_ms(pred.decode_step_s)}")
+        return True
 
     def best_so_far() -> Plan | None:
         planned = [p for p in plans.values() if p is not None]
         return max(planned, key=lambda p: p.predicted.decode_tokens_per_s, default=None)
 
-    coarse = batch_sizes_up_to(request.batch, unit)
-    try_batches(coarse)
-    best = best_so_far()
-    if best is not None:  # then the batches between the best's neighbours (at most 16 of them)
-        i = coarse.index(best.workload.batch)
-        low, high = coarse[max(i - 1, 0)], coarse[min(i + 1, len(coarse) - 1)]
-        between = list(range(low + unit, high, unit))
-        try_batches(between[::max(1, -(-len(between) // 16))])
+    if not try_batches(batch_sizes_up_to(request.batch, unit)):
+        return None
+    for _ in range(REFINE_ROUNDS):
         best = best_so_far()
+        if best is None:
+            break
+        b = best.workload.batch
+        low = max((t for t in plans if t < b), default=0)
+        high = min((t for t in plans if t > b), default=b)
+        between = [m for m in range(low + unit, high, unit) if m not in plans]
+        if not between:
+            break
+        between.sort(key=lambda m: (-_twos(m // unit), abs(m - b)))
+        if not try_batches(sorted(between[:REFINE_BATCHES])):
+            return None
+    best = best_so_far()
     if best is None:
-        raise UserError("--batch best: no batch plans, all else equal: plan a small --batch for the reasons")
-    report(f"batch: best → {best.workload.batch}, the most decode tokens/s of those")
+        raise UserError(f"--batch best: no batch plans: {first_error[0] if first_error else 'nothing fits'}")
+    report(f"batch: best → {best.workload.batch}, the most decode tokens/s of the {len(plans)} planned")
     return best
+
+
+def _twos(n: int) -> int:
+    """How many times 2 divides n (n > 0)."""
+    return (n & -n).bit_length() - 1
+
+
+def _shortened(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _ms(seconds: float | None) -> str:

@@ -353,7 +353,7 @@ def expand(solution: Solution, steps: int) -> list[int]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_request(req: Request) -> None:
+def check_request(req: Request) -> None:
     m = req.model
     if req.prompt_len + req.gen_len - 1 > m.max_positions:
         raise UserError(
@@ -555,7 +555,7 @@ def solve_splits(setup: Setup, forced: int | None = None, screened: int | None =
 def plan(req: Request) -> Plan:
     """The best plan for a request, with its predicted figures and baselines."""
     req = req.resolved()
-    _check_request(req)
+    check_request(req)
     p = DTYPE_BYTES[req.dtype]
     notes: list[str] = []
     if not recompute_pays(req.model):
@@ -591,7 +591,7 @@ def why_nothing_fits(req: Request, reasons: list[str]) -> str:
     gpu = [r for r in reasons if r.startswith("GPU memory")]
     host = [r for r in reasons if r.startswith("host memory")]
     shown = ([gpu[-1]] if gpu else []) + ([host[0]] if host else []) or ["no configuration fits"]
-    smallest = _batch_unit(req) if req.gpu_batches else 1
+    smallest = batch_unit(req) if req.gpu_batches else 1
     advice = ["lower --batch, --prompt-len or --gen-len" if req.batch > smallest else "lower --prompt-len or --gen-len"]
     forced = req.weights_on_gpu
     if gpu and not host and forced:
@@ -621,7 +621,7 @@ def fits_somehow(req: Request) -> bool:
     return False
 
 
-def _batch_unit(req: Request) -> int:
+def batch_unit(req: Request) -> int:
     """A batch step over which fitting is monotone: every GPU batch count the planner may use
     divides its multiples (a forced count, or all of 1..32 in the column schedule)."""
     if req.gpu_batches:
@@ -633,11 +633,11 @@ def largest_batch_that_fits(req: Request) -> int | None:
     """The largest batch below the request's that fits, all else equal (memory only), or None.
 
     With a given GPU batch count, memory grows with the batch, so fitting is monotone over the
-    multiples of `_batch_unit`: bisection finds the largest such multiple. In the column schedule a
+    multiples of `batch_unit`: bisection finds the largest such multiple. In the column schedule a
     batch between it and the next multiple can still fit with fewer, larger GPU batches (18 as 2 of
     9 where 17 has only 1 of 17), so those are tried from the top; none above the next multiple can
     (its multiple below would fit too)."""
-    unit = _batch_unit(req)
+    unit = batch_unit(req)
 
     def fits(batch: int) -> bool:
         return fits_somehow(replace(req, batch=batch))

@@ -334,3 +334,35 @@ def test_b_sets_the_batch_with_the_most_tokens_per_second(tmp_path):
             assert shown(app)["decode_step_s"] == pytest.approx(expected.predicted.decode_step_s)
 
     run(scenario())
+
+
+def test_a_best_batch_search_overtaken_by_new_inputs_sets_nothing(tmp_path, monkeypatch):
+    import threading
+
+    import tui.app as tui_app
+
+    release = threading.Event()
+    real = tui_app.best_batch_plan
+
+    def held(request, report, stop):  # the search finishes only after the test has typed
+        release.wait(10)
+        return real(request, report, stop)
+
+    monkeypatch.setattr(tui_app, "best_batch_plan", held)
+
+    async def scenario():
+        inputs = Inputs(model="opt-2.7b", hardware="l4-pcie4", batch=8, prompt_len=2000, gen_len=8, schedule="row")
+        app = AdvisorApp(inputs=inputs, export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            await pilot.press("b")
+            app.main.query_one("#in-prompt", Input).value = "1500"  # typed during the search
+            release.set()
+            await pilot.pause()
+            await app.settled()
+            await pilot.pause()
+            assert app.main.query_one("#in-batch", Input).value == "8"
+            assert "the inputs changed during the search" in app.main.query_one("#notice").text
+            assert app.main.inputs.prompt_len == 1500
+
+    run(scenario())

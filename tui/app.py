@@ -12,6 +12,7 @@ that asks for a measured trace is another screen and keeps every key for its own
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable
 
@@ -474,31 +475,47 @@ class MainScreen(Screen):
 
     def action_best_batch(self) -> None:
         """Search the batch with the most decode tokens/s (as `advisor plan --batch best`) in the
-        background, then set the batch field to it."""
-        self.action_note = ("info", "best batch: searching …")
+        background, then set the batch field to it. A second `b` or quitting cancels a search."""
+        self.inputs_changed()  # what the fields hold now, not what they held before the last keystroke
+        if self.input_error:
+            self.action_note = ("error", f"best batch: fix the inputs first ({self.input_error})")
+        else:
+            self.action_note = ("info", "best batch: searching …")
+            self._best_batch_worker(self.inputs)
         self.refresh_notice()
-        self._best_batch_worker(self.inputs)
 
     @work(thread=True, exclusive=True, group="best", exit_on_error=False)
     def _best_batch_worker(self, inputs: Inputs) -> None:
+        worker = get_current_worker()
+
         def report(line: str) -> None:
             self._post(self._best_batch_progress, line.strip())
 
         try:
             request = with_largest_batch(self.explorer.request(inputs, None), "best batch", report)
-            best = best_batch_plan(request, report)
+            best = best_batch_plan(request, report, stop=lambda: worker.is_cancelled)
         except UserError as error:
-            self._post(self._best_batch_done, None, "; ".join(error.lines))
+            self._post(self._best_batch_done, inputs, None, "; ".join(error.lines))
             return
-        self._post(self._best_batch_done, best.workload.batch,
-                   f"{best.predicted.decode_tokens_per_s:,.1f} tokens/s, of batches up to {request.batch}")
+        except Exception as error:  # a bug, but the notice must not stay on "searching"
+            self._post(self._best_batch_done, inputs, None, f"{type(error).__name__}: {error}")
+            return
+        if best is not None:
+            self._post(self._best_batch_done, inputs, best.workload.batch,
+                       f"{best.predicted.decode_tokens_per_s:,.1f} tokens/s, of batches up to {request.batch}")
 
     def _best_batch_progress(self, line: str) -> None:
         self.action_note = ("info", f"best batch: searching … {line}")
         self.refresh_notice()
 
-    def _best_batch_done(self, batch: int | None, text: str) -> None:
-        if batch is None:
+    def _best_batch_done(self, inputs: Inputs, batch: int | None, text: str) -> None:
+        try:
+            now = self.read_inputs()  # the fields, typed into or not yet read
+        except UserError:
+            now = None
+        if now is None or replace(inputs, batch=0) != replace(now, batch=0):
+            self.action_note = ("warning", "best batch: the inputs changed during the search; press b again")
+        elif batch is None:
             self.action_note = ("error", f"best batch: {text}")
         else:
             self.query_one("#in-batch", Input).value = str(batch)  # re-solves, as typing it would
