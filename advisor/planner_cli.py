@@ -95,7 +95,8 @@ def best_batch_plan(request: Request, report: Callable[[str], None] = _to_stderr
                 plans[batch] = plan(replace(request, batch=batch))
             except UserError as error:
                 plans[batch] = None
-                first_error[:] = first_error or error.lines[:1]
+                if not first_error:
+                    first_error.extend(error.lines[:1])
                 report(f"  batch {batch:5d}: does not plan ({_shortened(error.lines[0], 80)})")
                 continue
             pred = plans[batch].predicted
