@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_workload_arguments(p, batch_max=True)
     add_plan_choices(p)
     p.add_argument("-o", "--output", default="plan.json", help="where to write the plan (default: plan.json)")
-    p.add_argument("--json", action="store_true", help="print the plan's figures as JSON")
+    p.add_argument("--json", action="store_true", help="print the plan's workload, splits and figures as JSON")
 
     p = sub.add_parser("simulate", help="predicted trace of a plan")
     p.add_argument("plan", help="a plan JSON (advisor plan)")

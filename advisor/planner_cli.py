@@ -190,7 +190,7 @@ def cmd_plan(args) -> int:
     except OSError as error:
         raise UserError(f"{args.output}: cannot write: {error.strerror or error}") from None
     if args.json:
-        print(json.dumps({"splits": result.splits, "chunks": result.chunks,
+        print(json.dumps({"workload": result.workload.model_dump(), "splits": result.splits, "chunks": result.chunks,
                           "predicted": result.predicted.model_dump() if result.predicted else None,
                           "notes": result.notes}, indent=1))
     else:

@@ -154,8 +154,9 @@ def test_batch_max_plans_the_largest_batch_that_fits(tmp_path, capsys):
             "--json"]
     assert main(args + ["--batch", "max", "-o", str(tmp_path / "max.json")]) == 0
     out = capsys.readouterr()
-    json.loads(out.out)  # the choice goes to stderr: --json stays parseable
+    printed = json.loads(out.out)  # the choice goes to stderr: --json stays parseable
     chosen = load_document(Plan, tmp_path / "max.json").workload.batch
+    assert printed["workload"]["batch"] == chosen
     assert f"batch: the largest that fits GPU and host memory, all else equal, is {chosen}" in out.err
     assert main(args + ["--batch", str(chosen + 1), "-o", str(tmp_path / "above.json")]) == 2
     assert "cannot fit" in capsys.readouterr().err and not (tmp_path / "above.json").exists()
