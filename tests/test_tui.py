@@ -310,6 +310,10 @@ def test_snapshot_main_screen_column_schedule(snap_compare, tmp_path):
     assert snap_compare(app, terminal_size=SIZE, run_before=column)
 
 
+# a workload whose best batch (21) `bench/best_batch_check.py` checks against brute force
+BEST_BATCH_INPUTS = Inputs(model="opt-2.7b", hardware="l4-pcie4", batch=8, prompt_len=2000, gen_len=8, schedule="row")
+
+
 def test_b_sets_the_batch_with_the_most_tokens_per_second(tmp_path):
     """The same search as `advisor plan --batch best`, whose answer is brute-force tested."""
     from advisor.catalog import load_hardware, load_model
@@ -320,8 +324,7 @@ def test_b_sets_the_batch_with_the_most_tokens_per_second(tmp_path):
     expected = best_batch_plan(with_largest_batch(request, "test", lambda line: None), lambda line: None)
 
     async def scenario():
-        inputs = Inputs(model="opt-2.7b", hardware="l4-pcie4", batch=8, prompt_len=2000, gen_len=8, schedule="row")
-        app = AdvisorApp(inputs=inputs, export_path=str(tmp_path / "plan.json"))
+        app = AdvisorApp(inputs=BEST_BATCH_INPUTS, export_path=str(tmp_path / "plan.json"))
         async with app.run_test(size=SIZE) as pilot:
             await app.settled()
             await pilot.press("b")
@@ -351,8 +354,7 @@ def test_a_best_batch_search_overtaken_by_new_inputs_sets_nothing(tmp_path, monk
     monkeypatch.setattr(tui_app, "best_batch_plan", held)
 
     async def scenario():
-        inputs = Inputs(model="opt-2.7b", hardware="l4-pcie4", batch=8, prompt_len=2000, gen_len=8, schedule="row")
-        app = AdvisorApp(inputs=inputs, export_path=str(tmp_path / "plan.json"))
+        app = AdvisorApp(inputs=BEST_BATCH_INPUTS, export_path=str(tmp_path / "plan.json"))
         async with app.run_test(size=SIZE) as pilot:
             await app.settled()
             await pilot.press("b")
