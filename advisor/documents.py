@@ -402,7 +402,7 @@ def _not_a_file(path: Path) -> bool:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file.
-    A path that is not a regular file (a device, a pipe) is written in place instead."""
+    A path that is not a regular file (a device, a pipe, a link) is written in place instead."""
     path = Path(path)
     if _not_a_file(path):
         with open(path, "w") as handle:

@@ -452,6 +452,11 @@ def _fits(req: Request, setup: Setup | None, reasons: list[str]) -> bool:
     return setup is not None and bool(_host_fits(req, setup, _split_grid(req, setup), reasons).any())
 
 
+def _fitting_placements(req: Request, wl: Workload, p: int, placements, chunks: int, reasons: list[str]):
+    """The weight placements (layers on the GPU) among `placements` that fit both memories, in order."""
+    return (nw for nw in placements if _fits(req, _setup_for(req, wl, p, nw, chunks, reasons), reasons))
+
+
 def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
     """Feasible discrete choices, scored by the cost model over a grid of splits.
 
@@ -480,8 +485,8 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
             # did, so every placement is checked (memory only), and the ends of the range that fits
             # scored
             batch_reasons = []
-            fits = [nw for nw in range(model.num_layers, -1, -1)
-                    if _fits(req, _setup_for(req, wl, p, nw, screen_chunks, batch_reasons), batch_reasons)]
+            fits = list(_fitting_placements(req, wl, p, range(model.num_layers, -1, -1), screen_chunks,
+                                            batch_reasons))
             for nw in sorted({min(fits), max(fits)}) if fits else []:
                 candidate = _score(req, _setup_for(req, wl, p, nw, screen_chunks, []), [])
                 if candidate:
@@ -616,7 +621,7 @@ def fits_somehow(req: Request) -> bool:
         if req.batch % G:
             return False  # a forced GPU batch count that does not divide the batch
         wl = _workload(req, G)
-        if any(_fits(req, _setup_for(req, wl, p, nw, chunks, []), []) for nw in placements):
+        if next(_fitting_placements(req, wl, p, placements, chunks, []), None) is not None:  # 0 layers is a placement
             return True
     return False
 
