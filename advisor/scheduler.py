@@ -35,6 +35,7 @@ MAX_SEGMENTS = 8
 REPLAN_GROWTH = 0.005  # re-plan once the context has grown by this share of the prompt
 US = 1e6  # the MILP counts microseconds: solver tolerances (1e-7) are then negligible
 SCREEN_SPLITS = 33
+WIDEN_ROUNDS = 4  # at most this many re-solves with windows widened (each doubles a pressed one)
 CHUNK_CHOICES = (1, 2, 4, 8)
 
 
@@ -471,26 +472,43 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
     screen_chunks = chunk_choices[len(chunk_choices) // 2]
     for G in _batch_choices(req):
         wl = _workload(req, G)
-        tried = _weight_choices(req)  # from most layers on the GPU to fewest
-        fitted, batch_reasons = [], []
-        for nw in tried:
-            setup = _setup_for(req, wl, p, nw, screen_chunks, batch_reasons)
-            candidate = _score(req, setup, batch_reasons) if setup else None
-            if candidate:
-                candidates.append(candidate)
-                fitted.append(nw)
-        if req.weights_on_gpu is None and not fitted:
+        scored: dict[int, Candidate | None] = {}
+        batch_reasons: list[str] = []
+
+        def score(nw: int, reasons_to: list[str]) -> Candidate | None:
+            if nw not in scored:
+                setup = _setup_for(req, wl, p, nw, screen_chunks, reasons_to)
+                scored[nw] = _score(req, setup, reasons_to) if setup else None
+            return scored[nw]
+
+        for nw in _weight_choices(req):  # from most layers on the GPU to fewest
+            score(nw, batch_reasons)
+        if req.weights_on_gpu is None:
             # GPU memory caps the weights on the GPU from above, host memory (where streamed weights
-            # live) from below: a placement between the screened ones may fit where none of them
-            # did, so every placement is checked (memory only), and the ends of the range that fits
-            # scored
-            batch_reasons = []
-            fits = list(_fitting_placements(req, wl, p, range(model.num_layers, -1, -1), screen_chunks,
-                                            batch_reasons))
-            for nw in sorted({min(fits), max(fits)}) if fits else []:
-                candidate = _score(req, _setup_for(req, wl, p, nw, screen_chunks, []), [])
-                if candidate:
-                    candidates.append(candidate)
+            # live) from below, and the range that fits can end between the screened placements:
+            # its top (the least weight streaming) is scored too, and where no screened placement
+            # fits, both its ends (with the reasons of every placement, for the refusal)
+            fitted = any(scored.values())
+            scan_reasons: list[str] = []
+            fits = _fitting_placements(req, wl, p, range(model.num_layers, -1, -1), screen_chunks, scan_reasons)
+            top = next(fits, None)
+            ends = {top} if fitted else {top, min(fits, default=top)}
+            for nw in sorted(ends - {None}, reverse=True):
+                score(nw, [])
+            if not fitted:
+                batch_reasons = scan_reasons
+            # then one layer at a time from the best while the cost falls: one more layer of
+            # weights on the GPU can cost several layers of resident KV, so the cost over the
+            # placement is not smooth near the screened points
+            best = min((c for c in scored.values() if c), key=lambda c: c.score, default=None)
+            for direction in (1, -1) if best else ():
+                here, nw = best, best.setup.weights_gpu_layers + direction
+                while 0 <= nw <= model.num_layers:
+                    next_one = score(nw, [])
+                    if next_one is None or next_one.score >= here.score:
+                        break
+                    here, nw = next_one, nw + direction
+        candidates += [c for c in scored.values() if c]
         reasons += batch_reasons
     if req.split is not None and any(c.setup.offload for c in candidates):
         candidates = [c for c in candidates if c.setup.offload]  # a forced split asks what offloading does
@@ -525,6 +543,23 @@ def screen_windows(setup: Setup, segments: list[tuple[int, int]], screened: int 
     return windows
 
 
+def widened(windows: list[tuple[int, int]] | None, splits: list[int],
+            tops: list[int]) -> list[tuple[int, int]] | None:
+    """The windows with each edge that a split sits on, and that is not the range's own end (0 or
+    the segment's first context), pushed out by the window's width; None when no split sits on one."""
+    if windows is None:
+        return None
+    wider, moved = [], False
+    for (low, high), split, top in zip(windows, splits, tops):
+        width = max(high - low, 1)
+        if split == low and low > 0:
+            low, moved = max(0, low - width), True
+        if split == high and high < top:
+            high, moved = min(top, high + width), True
+        wider.append((low, high))
+    return wider if moved else None
+
+
 NO_OFFLOAD_NOTE = "no offloading needed: the whole KV cache fits on the GPU beside the weights"
 
 
@@ -543,6 +578,18 @@ def solve_splits(setup: Setup, forced: int | None = None, screened: int | None =
     start = time.perf_counter()
     try:
         solution = LinearModel(setup, segments, windows).solve()
+        # the windows follow the screened constant split, which can sit far from a segment's own
+        # optimum (a long generation beside a short prompt): a split on a window's inner edge may
+        # be held there by the window, so that window is widened and the MILP solved again
+        for _ in range(WIDEN_ROUNDS):
+            wider = widened(windows, solution.splits, [setup.workload.context(first) for first, _ in segments])
+            if wider is None:
+                break
+            again = LinearModel(setup, segments, wider).solve()
+            windows, settled = wider, again.splits == solution.splits
+            solution = again
+            if settled:  # the edge held for another reason (host memory): wider windows won't move it
+                break
     except _NoSolution as error:
         # the windows follow the screened split as the context grows; where host memory is tight a
         # window can leave no split the store holds (its act and KV extents span the segments), so
