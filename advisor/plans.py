@@ -13,9 +13,10 @@ from advisor.documents import HardwareProfile, ModelSpec, Plan, StorePolicy, Wor
 
 
 def store_policy(splits: Sequence[int], workload: Workload) -> StorePolicy:
-    """Activations of tokens some step recomputes, KV of tokens some step transfers."""
+    """Activations of tokens some step recomputes, KV of tokens some step transfers (none of
+    either without a decode step: nothing reads the store back)."""
     if not splits:
-        return StorePolicy(act_tokens=0, kv_from=0)
+        return StorePolicy(act_tokens=0, kv_from=workload.stored_tokens)
     return StorePolicy(act_tokens=max(splits), kv_from=min(splits))
 
 

@@ -403,9 +403,13 @@ def _split_grid(req: Request, setup: Setup) -> np.ndarray:
 
 
 def _host_need(setup: Setup, grid: np.ndarray) -> np.ndarray:
-    """Pinned host bytes per split of the grid: streamed weights and the store the split needs."""
+    """Pinned host bytes per split of the grid: streamed weights and the store the split needs
+    (none without a decode step: `plans.store_policy`)."""
+    wl = setup.workload
+    act_tokens, kv_from = (grid, grid) if wl.decode_steps else (0, wl.stored_tokens)
     return (memory.host_weight_bytes(setup.model, setup.p, setup.weights_gpu_layers)
-            + memory.host_store_bytes(setup.model, setup.workload, setup.p, setup.offloaded_layers, grid, grid))
+            + memory.host_store_bytes(setup.model, wl, setup.p, setup.offloaded_layers, act_tokens, kv_from)
+            + np.zeros(len(grid)))
 
 
 def _score(req: Request, setup: Setup, reasons: list[str]) -> Candidate | None:
@@ -614,13 +618,15 @@ def plan(req: Request) -> Plan:
         notes.append(
             f"recomputation cannot pay: {req.model.name} has {req.model.gqa_group} query heads per KV head, "
             f"so an activation ({req.model.hidden} values) is at least as large as its KV "
-            f"({2 * req.model.kv_dim} values); split 0 (full KV transfer)")
+            f"({2 * req.model.kv_dim} values); "
+            + ("split 0 (full KV transfer)" if req.split is None else f"--split {req.split} as asked"))
 
     wl1 = _workload(req, _batch_choices(req)[0])
     if req.weights_on_gpu in (None, 1.0) and _fits_resident(req, wl1, p):
         setup = Setup(req.model, req.hardware, wl1, p, req.schedule, 1, req.model.num_layers,
                       req.model.num_layers, False, req.cost_model)
-        notes.append(NO_OFFLOAD_NOTE + ("" if req.gpu_kv_budget_bytes is None else " within --gpu-kv-budget"))
+        notes.append(NO_OFFLOAD_NOTE + ("" if req.gpu_kv_budget_bytes is None else " within --gpu-kv-budget")
+                     + (": --split has no effect" if req.split is not None else ""))
         return _finish(req, setup, [0] * wl1.decode_steps, notes, solve_s=0.0)
 
     candidates, reasons = enumerate_candidates(req)
@@ -717,6 +723,15 @@ def _finish(req: Request, setup: Setup, splits: list[int], notes: list[str], sol
                     "solve_s": f"{solve_s:.4f}", "segments": str(len(set(splits)))},
     )
     draft.predicted = predict(draft, req)
+    if draft.predicted.baseline_step_s is not None:
+        wl = setup.workload
+        full_transfer = (memory.host_weight_bytes(setup.model, setup.p, setup.weights_gpu_layers)
+                         + memory.host_store_bytes(setup.model, wl, setup.p, setup.offloaded_layers, 0, 0))
+        if full_transfer > memory.host_limit(setup.hw):
+            draft.notes.append(
+                f"full transfer (split 0) would need {memory.gib(full_transfer)} of pinned host memory, more than "
+                f"the host allows ({memory.gib(memory.host_limit(setup.hw))}): the speedup is against a plan "
+                "that could not run here")
     return draft
 
 

@@ -376,3 +376,18 @@ def test_prefill_mlp_in_parts_equals_one_pass(name):
     x = torch.randn(7, 3, spec.hidden, generator=torch.Generator().manual_seed(1))
     whole = M.mlp(spec, weights, x, max_rows=10**6)
     assert torch.allclose(M.mlp(spec, weights, x, max_rows=4), whole, atol=1e-6)  # 21 rows in 6 parts
+
+
+def test_a_single_new_token_offloaded_stores_nothing_and_matches_transformers():
+    """With --gen-len 1 no decode step reads the store back: the plan keeps none of it (before,
+    it pinned the whole prompt's KV), and the one token is HF's."""
+    spec = load_model("tiny-opt")
+    reference = hf_model(spec)
+    ids = torch.randint(0, spec.vocab_size, (4, 12), generator=torch.Generator().manual_seed(3))
+    ref_logits, ref_tokens = hf_greedy(reference, ids, 1)
+    plan = plan_for(spec, gen=1, splits=[], chunks=2)
+    assert plan.offload and plan.store.act_tokens == 0 and plan.store.kv_from == plan.workload.stored_tokens
+    capacity = Capacity.of(plan)
+    assert Runtime.memory_need(capacity, CPU).host["KV/activation store"] == 0
+    logits, tokens = execute(plan, HFWeights.from_state_dict(reference.state_dict()), ids)
+    assert torch.allclose(logits, ref_logits, atol=ATOL, rtol=1e-5) and torch.equal(tokens, ref_tokens)

@@ -351,3 +351,42 @@ def test_a_forced_split_where_the_whole_cache_fits_plans_it_resident_and_says_th
                           weights_on_gpu=0.5))
     assert not chosen.offload and chosen.resident_kv_layers == 12 and chosen.weights_gpu_layers == 6
     assert any("--split has no effect" in note for note in chosen.notes)
+    everything_on_gpu = plan(Request(load_model("opt-125m"), load_hardware("a100-80gb-pcie4"), 20, 512, 8, split=8))
+    assert not everything_on_gpu.offload
+    assert any("--split has no effect" in note for note in everything_on_gpu.notes)
+
+
+def test_a_forced_split_on_a_gqa_model_is_used_and_the_note_says_so(h100):
+    forced = plan(Request(load_model("llama-3-8b"), h100, 8, 2048, 8, split=1000, gpu_kv_budget_bytes=0))
+    assert set(forced.splits) == {1000}
+    note = next(note for note in forced.notes if "cannot pay" in note)
+    assert "--split 1000 as asked" in note and "split 0" not in note
+
+
+def test_a_speedup_against_a_full_transfer_that_cannot_fit_the_host_says_so(h100):
+    """Batch 215, prompt 2000: the plan fits because it stores activations for most tokens; full
+    transfer would store every token's KV. The note's figure is the one a forced split 0 is refused with."""
+    from advisor.errors import UserError
+
+    request = Request(load_model("opt-6.7b"), h100, 215, 2000, 32)
+    result = plan(request)
+    note = next(note for note in result.notes if note.startswith("full transfer (split 0) would need"))
+    with pytest.raises(UserError) as refused:
+        plan(Request(load_model("opt-6.7b"), h100, 215, 2000, 32, split=0))
+    needed = note.split("would need ")[1].split(" of pinned")[0]
+    assert needed in str(refused.value)
+    small = plan(Request(load_model("opt-6.7b"), h100, 8, 2000, 32, gpu_kv_budget_bytes=0))
+    assert small.predicted.speedup_vs_full_transfer and not any("would need" in n for n in small.notes)
+
+
+def test_a_single_new_token_pins_no_store_so_a_batch_only_the_prefill_needs_plans(h100):
+    """Batch 2000, prompt 200, one new token: the whole prompt's KV (about 210 GB) used to be
+    counted as pinned and the plan accepted beyond the host; no step reads it back, so nothing is
+    stored and the host holds only the streamed weights."""
+    from advisor import memory
+
+    model = load_model("opt-6.7b")
+    result = plan(Request(model, h100, 2000, 200, 1))
+    assert result.store.act_tokens == 0 and result.store.kv_from == result.workload.stored_tokens
+    streamed = memory.host_weight_bytes(model, 2, result.weights_gpu_layers)
+    assert result.predicted.host_pinned_bytes == streamed <= memory.host_limit(h100)
