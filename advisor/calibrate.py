@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from advisor import timemodel
-from advisor.compare import check_device, check_trace, durations, plan_beside, serial_profile
+from advisor.compare import check_device, check_trace, durations, plan_beside
 from advisor.documents import (
     CopyModel,
     CopyPoint,
@@ -473,7 +473,7 @@ class Calibration:
 def model_errors(hw: HardwareProfile, runs: list[Run], samples: list[CopySample] | None = None) -> list[float]:
     """|op_duration − measured| / measured (%) for GPU operations and for copies that ran alone."""
     errors = []
-    overlapping = not serial_profile(hw)
+    overlapping = hw.concurrent_lanes
     for run in runs:
         p = run.graph.dtype_bytes
         for op, seconds, record in _counted(run, not overlapping):
@@ -496,7 +496,7 @@ def calibrate(hw: HardwareProfile, runs: list[Run], name: str | None = None) -> 
         raise UserError("no measured traces to calibrate from")
     for run in runs:
         check_device(hw, run.trace, run.name)
-    overlapping = not serial_profile(hw)
+    overlapping = hw.concurrent_lanes
     lines = []
 
     # copies

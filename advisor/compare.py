@@ -92,11 +92,6 @@ def plan_beside(measured_path: str | Path, trace: Trace) -> Path | None:
     return sibling if sibling.is_file() else None
 
 
-def serial_profile(hw: HardwareProfile) -> bool:
-    """A device whose operations run one at a time in graph order (the CPU mode)."""
-    return not (hw.lanes_overlap and hw.device_kind == "cuda")
-
-
 def durations(trace: Trace, serial: bool) -> dict[str, float]:
     """Seconds each operation of a trace took.
 
@@ -222,7 +217,7 @@ def compare_traces(plan: Plan, measured: Trace, predicted: Trace | None = None,
 
         predicted = simulate_plan(plan, graph)
     warmup = measured.summary.warmup_steps_excluded
-    serial = serial_profile(plan.hardware)
+    serial = not plan.hardware.concurrent_lanes
     pairs, missing = pair_operations(graph, predicted, measured, serial)
     if not pairs:
         raise UserError("the measured and predicted traces share no operation")

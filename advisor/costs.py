@@ -10,6 +10,8 @@ Two variants:
   max(its PCIe time, its GPU time, its write-back time).
 - `paper` (DESIGN §1, exactly): a layer costs T_act + max(T_rec, T_kv), then its other compute.
 
+On a device whose lanes do not run concurrently (the CPU mode) every part of a layer adds up.
+
 Row schedule: GPU batches one after the other, each loading the weights. Column schedule: a
 layer's weights are loaded once for all GPU batches, whose loads and compute add up.
 """
@@ -145,6 +147,7 @@ def layer_sums(setup: Setup, t: LayerTimes, offloaded_only: bool | None = None):
     """
     G = setup.workload.gpu_batches
     column = setup.schedule == "column"
+    serial = not setup.hw.concurrent_lanes
     total, gpu_total = 0.0, 0.0
     for count, offloaded, streamed in setup.layer_classes():
         if offloaded_only is not None and offloaded != offloaded_only:
@@ -156,6 +159,9 @@ def layer_sums(setup: Setup, t: LayerTimes, offloaded_only: bool | None = None):
             h2d, gpu, d2h = 0.0, t.gpu_resident, 0.0
         if setup.variant == "paper":
             unit = t.act + np.maximum(t.recompute, t.kv) + t.gpu_fixed if offloaded else t.gpu_resident
+            layer = w + G * unit if column else G * (w + unit)
+        elif serial:
+            unit = h2d + gpu + d2h
             layer = w + G * unit if column else G * (w + unit)
         elif column:
             layer = np.maximum(np.maximum(w + G * h2d, G * gpu), G * d2h)
@@ -171,10 +177,10 @@ def combine(setup: Setup, t: LayerTimes):
 
     Pipelined: the layers cost their steady-state maxima, but the GPU also runs the sample, which
     hides behind the next step's loads when the step is transfer-bound; so a step costs
-    max(Σ layer maxima, Σ GPU time + sample). Paper: everything in sequence.
+    max(Σ layer maxima, Σ GPU time + sample). Paper, or lanes that do not overlap: in sequence.
     """
     total, gpu_total = layer_sums(setup, t)
-    if setup.variant == "paper":
+    if setup.variant == "paper" or not setup.hw.concurrent_lanes:
         return total + sample_time(setup)
     return np.maximum(total, gpu_total + sample_time(setup))
 
@@ -214,11 +220,14 @@ def ttft(setup: Setup) -> float:
     for count, offloaded, streamed in setup.layer_classes():
         w = weights if streamed else 0.0
         d2h = store if offloaded else 0.0
-        if column:
+        if not hw.concurrent_lanes:
+            total += count * (w + (G if column else 1) * (gpu + d2h))
+        elif column:
             total += count * max(w, G * gpu, G * d2h)
         else:
             total += count * max(w, gpu, d2h)
-    fill = weights if setup.weights_gpu_layers == 0 else 0.0
+    # the first layer's weights load before anything runs, unless every load is counted in line anyway
+    fill = weights if setup.weights_gpu_layers == 0 and hw.concurrent_lanes else 0.0
     sample = work_time(hw, "sample", shapes.sample_work(model, b), p)
     return total + fill + (G if column else 1) * sample
 

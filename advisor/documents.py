@@ -93,6 +93,12 @@ class HardwareProfile(Document):
     gpu_reserved_bytes: int = Field(default=1 << 30, ge=0, description="CUDA context, allocator slack")
     provenance: Provenance = Field(default_factory=Provenance)
 
+    @property
+    def concurrent_lanes(self) -> bool:
+        """Whether copies and compute run at the same time; a CPU device runs every operation in
+        one order, whatever `lanes_overlap` says."""
+        return self.lanes_overlap and self.device_kind == "cuda"
+
 
 # ---------------------------------------------------------------------------------------------
 # Model spec

@@ -111,6 +111,7 @@ class LinearModel:
         b, G = wl.gpu_batch_size, wl.gpu_batches
         self.G = G
         self.column = setup.schedule == "column"
+        self.serial = not hw.concurrent_lanes  # every part of a layer adds up (the CPU mode)
         self.classes = [(c, streamed) for c, offloaded, streamed in setup.layer_classes() if offloaded]
         self.weights = copy_time(hw.h2d, shapes.layer_weight_bytes(model, p))
         self.act_per_token = shapes.act_bytes(model, b, 1, p) / hw.h2d.bandwidth_Bps
@@ -168,13 +169,16 @@ class LinearModel:
             if self.setup.variant == "paper":
                 unit = act + max(rec, kv) + self.gpu_fixed[t]
                 layer = w + self.G * unit if self.column else self.G * (w + unit)
+            elif self.serial:
+                unit = act + kv + gpu + self.store[t]
+                layer = w + self.G * unit if self.column else self.G * (w + unit)
             elif self.column:
                 layer = max(w + self.G * (act + kv), self.G * gpu, self.G * self.store[t])
             else:
                 layer = self.G * max(w + act + kv, gpu, self.store[t])
             total += count * layer
             gpu_total += count * self.G * gpu
-        if self.setup.variant == "paper":
+        if self.setup.variant == "paper" or self.serial:
             return total + self.sample
         return max(total, gpu_total + self.sample)
 
@@ -264,6 +268,13 @@ class LinearModel:
                             prob += U >= rec
                             prob += U >= kv
                         unit = act + U + fixed
+                        objective.append(count * (w + self.G * unit if self.column else self.G * (w + unit)))
+                    objective.append(US * (float(self.resident_total[t]) + self.sample))
+                    continue
+                if self.serial:
+                    for count, streamed in self.classes:
+                        w = US * self.weights if streamed else 0.0
+                        unit = act + kv + fixed + rec + store
                         objective.append(count * (w + self.G * unit if self.column else self.G * (w + unit)))
                     objective.append(US * (float(self.resident_total[t]) + self.sample))
                     continue

@@ -66,15 +66,10 @@ _paused_runs = 0
 _collector_was_enabled = True
 
 
-def lanes_overlap(hw: HardwareProfile) -> bool:
-    """Whether the profile's lanes run concurrently (a CPU device runs everything in one order)."""
-    return hw.lanes_overlap and hw.device_kind != "cpu"
-
-
 def copy_rates(hw: HardwareProfile) -> tuple[CopyRates, CopyRates] | None:
     """(h2d, d2h) rates under bidirectional sharing, or None where sharing changes nothing."""
     total = hw.bidirectional_total_Bps
-    if total is None or not lanes_overlap(hw):
+    if total is None or not hw.concurrent_lanes:
         return None
     rates = tuple(CopyRates(own_Bps=m.bandwidth_Bps, shared_Bps=min(m.bandwidth_Bps, total / 2))
                   for m in (hw.h2d, hw.d2h))
@@ -119,7 +114,7 @@ class Prepared:
         self.nbytes = [op.bytes if op.lane in COPY_LANES else 0 for op in ops]
         latency = {lane: direction(hw, lane).latency_s for lane in COPY_LANES}
         self.latency = [latency[op.lane] if op.lane in COPY_LANES and op.bytes > 0 else 0.0 for op in ops]
-        if lanes_overlap(hw):
+        if hw.concurrent_lanes:
             orders: dict[str, list[int]] = {f"lane {lane}": [] for lane in LANES}
             for i, lane in enumerate(self.lanes):
                 orders[f"lane {lane}"].append(i)
@@ -189,7 +184,7 @@ def simulate_plan(plan: Plan, graph: OpGraph | None = None, *, cache: dict | Non
         records = simulate_graph(graph, hw, cache=cache)
         summary = summarise(plan, records)
     notes = []
-    if not lanes_overlap(hw):
+    if not hw.concurrent_lanes:
         notes.append("lanes do not overlap on this profile: operations ran one at a time in graph order")
     elif copy_rates(hw) is not None:
         notes.append(f"copies in both directions share {hw.bidirectional_total_Bps / 1e9:.1f} GB/s")

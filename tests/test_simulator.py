@@ -466,3 +466,26 @@ def test_text_timeline_of_prefill_when_there_is_no_decode_step():
     trace = simulate_plan(plan)
     text = text_timeline(plan, trace, PREFILL, layers=2)
     assert text.startswith("prefill, layers 0-1")
+
+
+@pytest.mark.parametrize("schedule, gpu_batches, weights", [("row", 1, 0), ("row", 2, 6), ("column", 2, 12)])
+def test_on_a_device_whose_lanes_do_not_overlap_the_cost_model_is_the_simulators_sum(schedule, gpu_batches, weights):
+    """The CPU mode runs every operation in one order: the cost model adds a layer's parts up
+    (before, it took their maximum and predicted 133 ms where the simulator gave 209 ms), and
+    the scheduler's MILP minimises the same sum (brute force over every split)."""
+    from advisor.scheduler import Request, plan
+
+    model, hw = load_model("opt-125m"), load_hardware("cpu-generic")
+    assert not hw.concurrent_lanes
+    wl = Workload(batch=4, prompt_len=48, gen_len=6, gpu_batches=gpu_batches)
+    for split in (0, 20, 48):
+        forced = make_plan(model, hw, wl, splits=split, chunks=2, schedule=schedule, weights_gpu_layers=weights)
+        trace = simulate_plan(forced)
+        predicted = costs.step_times(costs.Setup.from_plan(forced), forced.splits)
+        assert [r for r in trace.summary.step_times_s] == pytest.approx(list(predicted), rel=1e-6)
+        assert trace.summary.ttft_s == pytest.approx(costs.ttft(costs.Setup.from_plan(forced)), rel=1e-6)
+    chosen = plan(Request(model, hw, 4, 48, 6, schedule=schedule, gpu_batches=gpu_batches,
+                          weights_on_gpu=weights / model.num_layers, gpu_kv_budget_bytes=0, chunks=2))
+    setup = costs.Setup.from_plan(chosen)
+    brute = min(costs.sweep(costs.Setup(model, hw, chosen.workload, 4, schedule, 2, weights, 0), range(49)))
+    assert costs.step_times(setup, chosen.splits).mean() <= brute * (1 + 1e-6)
