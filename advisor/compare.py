@@ -22,9 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from advisor.documents import HardwareProfile, Plan, Trace, load_document
+from advisor.documents import HardwareProfile, Plan, Trace, TraceSummary, check_writable, load_document
 from advisor.errors import UserError
 from advisor.opgraph import PREFILL, OpGraph, build_graph
+from advisor.tracesummary import summarise
 
 TOP_DISAGREEMENTS = 8
 
@@ -204,6 +205,24 @@ def pair_operations(graph: OpGraph, predicted: Trace, measured: Trace, serial: b
     return pairs, missing
 
 
+def summary_from_records(plan: Plan, trace: Trace, which: str, notes: list[str]) -> TraceSummary:
+    """The trace's TTFT and step times as its records give them (`advisor.tracesummary`), which is
+    how the backend and the simulator made its summary; a summary its records do not support
+    (an edited or cut trace) is named in `notes`, and the records' figures are used."""
+    warmup = trace.summary.warmup_steps_excluded
+    try:
+        summary = summarise(plan, trace.records, warmup)
+    except ValueError:
+        raise UserError(f"the {which} trace lacks some steps' sample operations (the step boundaries): its TTFT "
+                        "and step times cannot be taken from its records") from None
+    stored = [trace.summary.ttft_s, *trace.summary.step_times_s]
+    recomputed = [summary.ttft_s, *summary.step_times_s]
+    if len(stored) != len(recomputed) or not np.allclose(stored, recomputed, rtol=1e-6, atol=1e-9):
+        notes.append(f"the {which} trace's stored summary disagrees with its records (was it edited?): "
+                     "TTFT and step times here come from the records")
+    return summary
+
+
 def step_name(step: int) -> str:
     return "prefill" if step == PREFILL else str(step)
 
@@ -221,6 +240,9 @@ def compare_traces(plan: Plan, measured: Trace, predicted: Trace | None = None,
     pairs, missing = pair_operations(graph, predicted, measured, serial)
     if not pairs:
         raise UserError("the measured and predicted traces share no operation")
+    notes: list[str] = []
+    ps = summary_from_records(plan, predicted, "predicted", notes)
+    ms = summary_from_records(plan, measured, "measured", notes)
     counted = [p for p in pairs if p.step == PREFILL or p.step >= warmup]
 
     kinds = defaultdict(list)
@@ -237,7 +259,6 @@ def compare_traces(plan: Plan, measured: Trace, predicted: Trace | None = None,
     by_layer = [_group("sample" if layer == num_layers else f"L{layer}", layers[layer]) for layer in sorted(layers)]
     by_step = [_group(step_name(step), steps[step]) for step in sorted(steps)]
 
-    ps, ms = predicted.summary, measured.summary
     step_rows, step_errors = [], []
     for i, (pt, mt) in enumerate(zip(ps.step_times_s, ms.step_times_s)):
         error = abs(pt - mt) / mt * 100 if mt > 0 else 0.0
@@ -257,7 +278,8 @@ def compare_traces(plan: Plan, measured: Trace, predicted: Trace | None = None,
     worst = sorted(counted, key=lambda p: -abs(p.measured_s - p.predicted_s))[:TOP_DISAGREEMENTS]
     disagreements = [{"id": p.id, "kind": p.kind, "predicted_s": p.predicted_s, "measured_s": p.measured_s,
                       "ratio": p.ratio, "error_pct": p.error_pct} for p in worst]
-    notes = []
+    if predicted.source == "measured":
+        notes.append("the 'predicted' trace is a measured one: this compares two runs, not a prediction")
     if missing:
         notes.append(f"{missing} operation(s) of the plan are missing from one of the traces")
     if warmup:
@@ -353,6 +375,8 @@ def default_chrome_path(measured_path: str) -> Path:
 
 
 def cmd_compare(args) -> int:
+    if getattr(args, "chrome", None):
+        check_writable(args.chrome)  # one asked for by name must be written; the default is a convenience
     plan = load_document(Plan, args.plan)
     measured = load_document(Trace, args.measured)
     graph = check_trace(plan, measured, args.measured, plan_where=args.plan)
@@ -372,6 +396,8 @@ def cmd_compare(args) -> int:
     try:
         write_chrome(chrome, {"predicted": predicted, "measured": measured}, graph)
     except OSError as error:
+        if getattr(args, "chrome", None):
+            raise UserError(f"{chrome}: cannot write: {error.strerror or error}") from None
         comparison.notes.append(f"could not write the Chrome trace {chrome}: {error.strerror or error}")
         chrome = None
     if args.json:

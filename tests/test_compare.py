@@ -105,3 +105,37 @@ def test_bad_input_one_line_exit_2(tmp_path, plan, capsys, case, message):
     code = main(["compare", str(tmp_path / "plan.json"), str(tmp_path / "measured.json")])
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_step_figures_come_from_the_records_not_a_summary_they_do_not_support(tmp_path, plan, capsys):
+    """A trace cut to its loads keeps a summary of the whole run; before, compare printed that
+    summary's step errors as if measured. An edited summary is named and the records' figures used."""
+    predicted = simulate_plan(plan)
+    measured = stretched(predicted, "none", 1.0)
+    write_document(tmp_path / "plan.json", plan)
+    cut = measured.model_copy(update={"records": [r for r in measured.records if ".sample" not in r.id]})
+    write_document(tmp_path / "cut.json", cut)
+    assert main(["compare", str(tmp_path / "plan.json"), str(tmp_path / "cut.json")]) == 2
+    err = capsys.readouterr().err
+    assert "step boundaries" in err and len(err.strip().splitlines()) == 1
+    edited = measured.model_copy(update={"summary": measured.summary.model_copy(
+        update={"ttft_s": 1.0, "step_times_s": [1.0] * len(measured.summary.step_times_s)})})
+    c = compare_traces(plan, edited, predicted)
+    assert c.ttft["measured_s"] == predicted.summary.ttft_s
+    assert [row["measured_s"] for row in c.step_times] == predicted.summary.step_times_s
+    assert any("disagrees with its records" in note for note in c.notes)
+
+
+def test_a_chrome_path_given_by_name_that_cannot_be_written_is_refused(tmp_path, plan, capsys):
+    write_document(tmp_path / "plan.json", plan)
+    write_document(tmp_path / "measured.json", stretched(simulate_plan(plan), "none", 1.0))
+    code = main(["compare", str(tmp_path / "plan.json"), str(tmp_path / "measured.json"), "--chrome", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2 and "is a folder" in captured.err and captured.out == ""
+
+
+def test_a_measured_trace_given_as_the_prediction_is_named(plan):
+    measured = stretched(simulate_plan(plan), "none", 1.0)
+    c = compare_traces(plan, measured, stretched(simulate_plan(plan), "mlp", 1.1))
+    assert any("compares two runs" in note for note in c.notes)
+    assert not any("compares two runs" in note for note in compare_traces(plan, measured, simulate_plan(plan)).notes)
