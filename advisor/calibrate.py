@@ -169,6 +169,14 @@ class CopySample:
     start_s: float
     end_s: float
     overlap_s: float  # time the other direction was busy during this copy
+    other_busy: np.ndarray | None = None  # the other direction's merged busy intervals
+
+    def shared_s(self, latency_s: float) -> float:
+        """Time the other direction was busy while this copy moved bytes: after its latency, which
+        no sharing stretches (counting it as shared made the fitted total too high)."""
+        if self.other_busy is None:
+            return 0.0
+        return _overlap(self.other_busy, self.start_s + latency_s, self.end_s)
 
 
 def copy_samples(runs: list[Run], overlapping: bool) -> list[CopySample]:
@@ -185,7 +193,8 @@ def copy_samples(runs: list[Run], overlapping: bool) -> list[CopySample]:
                 continue
             other = "d2h" if op.lane == "h2d" else "h2d"
             overlap = _overlap(busy[other], record.start_s, record.end_s) if overlapping else 0.0
-            lanes[op.lane].append(CopySample(op.lane, op.bytes, seconds, record.start_s, record.end_s, overlap))
+            lanes[op.lane].append(CopySample(op.lane, op.bytes, seconds, record.start_s, record.end_s, overlap,
+                                             busy[other] if overlapping else None))
         for lane in COPY_LANES:
             samples += lanes[lane]
     return samples
@@ -235,7 +244,7 @@ def fit_bidirectional(prior: float | None, samples: list[CopySample], models: di
     for s in samples:
         model = models[s.lane]
         transfer = s.seconds - model.latency_s
-        shared = min(s.overlap_s, transfer)
+        shared = min(s.shared_s(model.latency_s), transfer)
         if transfer < 0.5 * s.seconds or shared < SHARED_OVERLAP * transfer:
             continue  # latency-bound copies say little about bandwidth
         alone = transfer - shared

@@ -101,6 +101,24 @@ def test_calibration_recovers_known_parameters_from_noisy_synthetic_traces(h100,
     assert checked > 50
 
 
+@pytest.mark.parametrize("total", [None, 70e9])
+def test_the_two_direction_total_is_recovered_exactly_from_noiseless_traces(h100, opt67, total):
+    """Noiseless traces of the H100 profile itself, and of it with a lower two-direction total: the
+    fit gives back the total it was simulated with. It counted a copy's latency as shared transfer
+    time, and moved the H100's own 90.2 GB/s to 101.6."""
+    truth = h100 if total is None else h100.model_copy(update={"bidirectional_total_Bps": total})
+    opt13 = load_model("opt-1.3b")
+    plans = [make_plan(opt67, h100, Workload(batch=8, prompt_len=512, gen_len=6), splits=400, chunks=4,
+                       weights_gpu_layers=32),
+             # small activation chunks (0.8 MB), whose latency is a large share of their time
+             make_plan(opt13, h100, Workload(batch=16, prompt_len=256, gen_len=6), splits=100, chunks=8,
+                       weights_gpu_layers=12)]
+    runs = [make_run(f"run{i}.json", plan, noisy_measurement(plan, truth, seed=i, noise=0.0), h100)
+            for i, plan in enumerate(plans)]
+    fitted = calibrate(h100, runs).profile
+    assert fitted.bidirectional_total_Bps == pytest.approx(truth.bidirectional_total_Bps, rel=1e-6)
+
+
 def test_calibrated_profile_predicts_a_held_out_plan_within_5_percent(h100, opt67):
     truth = h100_truth(h100)
     fitted = calibrate(h100, h100_runs(h100, opt67, truth)).profile
