@@ -16,6 +16,7 @@ the profile says `device_kind: cpu`, `lanes_overlap: false`.
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import platform
 import re
@@ -48,6 +49,9 @@ class Settings:
     attention: tuple[int, int, int, int] = (8, 32, 4096, 128)  # batch, heads, context, head dim
     elementwise_bytes: int = 256 * MiB
     launch_ops: int = 2000
+    # GEMMs rotate over copies of their weight of this many bytes in all, so that each reads its
+    # weight from memory as a decode step does (0: one weight, as the GPU reference microbenchmark)
+    gemm_cold_bytes: int = 0
     quick: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -91,6 +95,8 @@ def settings_for(device: str, quick: bool) -> Settings:
         attention=(8, 8, 512 if quick else 2048, 64),
         elementwise_bytes=16 * MiB if quick else 64 * MiB,
         launch_ops=500 if quick else 2000,
+        # a CPU's caches hold a small weight between repeats (28 GB/s here against 7 from memory)
+        gemm_cold_bytes=128 * MiB if quick else 256 * MiB,
         quick=quick,
     )
 
@@ -329,13 +335,15 @@ class Profiler:
         torch, dev = self.torch, self.device
         for h in self.s.gemm_hidden:
             points = []
-            w = torch.randn(2 * h, h, device=dev, dtype=self.dtype)
+            one = 2 * h * h * torch.empty((), dtype=self.dtype).element_size()
+            copies = max(1, -(-self.s.gemm_cold_bytes // one))
+            weights = itertools.cycle([torch.randn(2 * h, h, device=dev, dtype=self.dtype) for _ in range(copies)])
             for m in self.s.gemm_m:
                 x = torch.randn(m, h, device=dev, dtype=self.dtype)
                 out = torch.empty(m, 2 * h, device=dev, dtype=self.dtype)
                 flops = 2.0 * m * 2 * h * h
                 hint = flops / (5e13 if dev == "cuda" else 2e10)
-                t = self.clock.median(lambda: torch.matmul(x, w.t(), out=out), inner=_inner_for(hint))
+                t = self.clock.median(lambda: torch.matmul(x, next(weights).t(), out=out), inner=_inner_for(hint))
                 points.append((m, flops / t))
                 self.tick(f"GEMM h={h} M={m}")
             self.m.gemm[h] = points
@@ -438,7 +446,9 @@ def assemble(device: str, m: Measured, settings: Settings, name: str, elapsed_s:
         f"copies {settings.copy_sizes[0] // KiB} KiB..{settings.copy_sizes[-1] // KiB} KiB "
         f"({'pinned host ↔ GPU' if device == 'cuda' else 'memcpy between two host buffers'}) fitted to "
         f"latency + bytes/bandwidth (relative least squares); GEMM (M×h)·(h×2h) in "
-        f"{'fp16' if device == 'cuda' else 'fp32'}; attention: the backend's decode attention (bmm, fp32 "
+        f"{'fp16' if device == 'cuda' else 'fp32'}"
+        f"{f', rotating over {settings.gemm_cold_bytes // MiB} MiB of weight copies' if settings.gemm_cold_bytes else ''}"
+        f"; attention: the backend's decode attention (bmm, fp32 "
         f"softmax, bmm over token-major K/V) of one query token over {settings.attention[2]} cached tokens, "
         f"KV bytes / time; memory-bound: elementwise add, "
         f"3 × bytes / time; launch overhead: a one-element add issued back to back; took {elapsed_s:.1f} s"

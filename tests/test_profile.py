@@ -63,3 +63,35 @@ def test_cuda_without_a_gpu_is_one_line_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "no CUDA device" in err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_cpu_gemms_read_their_weight_from_memory_by_rotating_over_copies(monkeypatch):
+    """A CPU's caches keep a small weight between repeats, so a GEMM timed on one weight ran at
+    the cache's rate (28 GB/s on this VM) where a decode step's, reading from memory, ran at 7;
+    the CPU profile then predicted opt-125m's step 3.8× too fast. Every timed call must use a
+    weight the calls before it did not, over copies of at least `gemm_cold_bytes` in all."""
+    import torch
+
+    settings = Settings(copy_sizes=[64 * KiB], gemm_hidden=[64], gemm_m=[1, 8], repeats=3, warmups=1,
+                        attention=(2, 4, 256, 16), elementwise_bytes=MiB, launch_ops=50, gemm_cold_bytes=MiB)
+    assert settings_for_cpu_has_cold_gemms()
+    seen: list[int] = []
+    matmul = torch.matmul
+
+    def recording(x, w, out=None):
+        seen.append(w.data_ptr())
+        return matmul(x, w, out=out)
+
+    monkeypatch.setattr(torch, "matmul", recording)
+    measure("cpu", settings=settings, name="cold", progress=False)
+    copies = MiB // (2 * 64 * 64 * 4)
+    assert len(set(seen)) == copies
+    # consecutive calls never reuse a weight until every copy has been read
+    assert all(len(set(seen[i:i + copies])) == min(copies, len(seen) - i) for i in range(0, len(seen), copies))
+
+
+def settings_for_cpu_has_cold_gemms() -> bool:
+    from advisor.profile import settings_for
+
+    return all(settings_for("cpu", quick).gemm_cold_bytes >= 64 * MiB for quick in (True, False)) and \
+        settings_for("cuda", False).gemm_cold_bytes == 0
