@@ -521,6 +521,9 @@ def calibrate(hw: HardwareProfile, runs: list[Run], name: str | None = None) -> 
 
     # GPU work
     observations = gpu_observations(runs, not overlapping)
+    if not samples and not observations:
+        raise UserError("no operation of the traces took any time (every record ends where it starts): "
+                        "nothing to fit, no profile written")
     update: dict = {"h2d": models["h2d"], "d2h": models["d2h"], "bidirectional_total_Bps": bidirectional}
     pinned: dict[str, float] = {}
     if observations:

@@ -233,6 +233,7 @@ def bad(files, name, change):
     ("empty", "no records"),
     ("unknown ids", "is not an operation of"),
     ("no plan", "which plan was executed"),
+    ("no time", "nothing to fit"),
 ])
 def test_bad_input_one_line_exit_2_nothing_written(files, capsys, case, message):
     plan = ["--plan", str(files / "plan.json")]
@@ -245,6 +246,9 @@ def test_bad_input_one_line_exit_2_nothing_written(files, capsys, case, message)
     elif case == "unknown ids":
         args = [bad(files, "ids.json", lambda t: t.model_copy(update={"records": [
             r.model_copy(update={"id": r.id.replace(".L3.", ".L99.")}) for r in t.records]}))] + plan
+    elif case == "no time":
+        args = [bad(files, "zero.json", lambda t: t.model_copy(update={"records": [
+            r.model_copy(update={"end_s": r.start_s}) for r in t.records]}))] + plan
     else:
         args = [str(files / "measured.json")]
     out = files / "out.json"
