@@ -73,6 +73,29 @@ def rope_theta(cfg: dict) -> float:
     return float(params.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
 
 
+def _unsupported_numerics(cfg: dict, kind: str | None) -> str | None:
+    """What in the config the backend would silently compute differently (it implements plain
+    rope, full causal attention, unquantized weights, ReLU OPT and SwiGLU Llama), or None."""
+    for rope in (cfg.get("rope_parameters") or {}, cfg.get("rope_scaling") or {}):
+        scaling = rope.get("rope_type") or rope.get("type")  # transformers 5 / 4.x / older configs
+        if scaling not in (None, "default"):
+            return f"rope scaling {scaling!r}"
+    window, positions = cfg.get("sliding_window"), cfg.get("max_position_embeddings")
+    if window is not None and positions is not None and window < positions:
+        return f"sliding-window attention (sliding_window {window} < max_position_embeddings {positions})"
+    quantized = cfg.get("quantization_config")
+    if quantized:
+        method = quantized.get("quant_method") if isinstance(quantized, dict) else None
+        return f"a quantized checkpoint ({method or 'quantization_config'})"
+    if kind in ("llama", "mistral") and cfg.get("mlp_bias"):
+        return "Llama with MLP biases"
+    if kind in ("opt", "llama", "mistral"):
+        key, implemented = ("activation_function", "relu") if kind == "opt" else ("hidden_act", "silu")
+        if cfg.get(key, implemented) != implemented:
+            return f"{key} {cfg[key]!r} (only {implemented!r} is implemented)"
+    return None
+
+
 def model_from_hf_config(folder: Path) -> ModelSpec:
     """A ModelSpec from a Hugging Face checkpoint folder's config.json (OPT and Llama families)."""
     config_path = folder / "config.json"
@@ -86,11 +109,9 @@ def model_from_hf_config(folder: Path) -> ModelSpec:
     dtype = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(
         str(cfg.get("torch_dtype") or cfg.get("dtype") or "float16"), "fp16")
     where = str(config_path)
-    rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
-    if rope.get("rope_type") not in (None, "default"):
-        raise UserError(f"{where}: rope scaling {rope.get('rope_type')!r} is not supported")
-    if kind in ("llama", "mistral") and cfg.get("mlp_bias"):
-        raise UserError(f"{where}: Llama with MLP biases is not supported")
+    unsupported = _unsupported_numerics(cfg, kind)
+    if unsupported:
+        raise UserError(f"{where}: {unsupported} is not supported")
     try:
         if kind == "opt":
             if not cfg.get("do_layer_norm_before", True) or cfg.get("word_embed_proj_dim", cfg["hidden_size"]) != cfg["hidden_size"]:

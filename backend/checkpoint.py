@@ -10,6 +10,7 @@ for `--prompt` and the generated text.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from advisor.errors import UserError
 from backend.model import OPT_POSITION_OFFSET, GlobalWeights, LayerLayout, LayerWeights
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def checkpoint_spec(plan_model: ModelSpec, folder: Path) -> ModelSpec:
@@ -56,35 +58,66 @@ class HFWeights:
 
     @classmethod
     def from_folder(cls, folder: Path) -> "HFWeights":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         folder = Path(folder)
         files = sorted(folder.glob("*.safetensors"))
         if not files:
             raise UserError(f"{folder}: no *.safetensors files (only safetensors checkpoints are read)")
-        handles = [safe_open(str(path), framework="pt", device="cpu") for path in files]
-        where_is = {name: handle for handle in handles for name in handle.keys()}
-        return cls(lambda name: where_is[name].get_tensor(name) if name in where_is else None, str(folder))
 
-    def tensor(self, *names: str, required: bool = True) -> torch.Tensor | None:
+        def guarded(path: Path, read: Callable, *args, **kwargs):
+            """A truncated or corrupt file is the user's to fix: name it, without a traceback."""
+            try:
+                return read(*args, **kwargs)
+            except (SafetensorError, OSError) as error:
+                raise UserError(f"{path}: cannot read safetensors: {first_line(error)}") from None
+
+        handles = {path: guarded(path, safe_open, str(path), framework="pt", device="cpu") for path in files}
+        where_is = {name: (path, handle) for path, handle in handles.items() for name in handle.keys()}
+
+        def get(name: str) -> torch.Tensor | None:
+            if name not in where_is:
+                return None
+            path, handle = where_is[name]
+            return guarded(path, handle.get_tensor, name)
+
+        return cls(get, str(folder))
+
+    def tensor(self, *names: str) -> torch.Tensor:
         """The first of `names` present (each also tried with and without a `model.` prefix)."""
         for name in names:
             for candidate in (name, f"model.{name}", name.removeprefix("model.")):
                 found = self._get(candidate)
-                if found is not None:
-                    return found
-        if required:
-            raise UserError(f"{self.where}: tensor {names[0]} is missing")
-        return None
+                if found is None:
+                    continue
+                if found.dtype not in FLOAT_DTYPES:
+                    raise UserError(f"{self.where}: tensor {candidate} is {str(found.dtype).removeprefix('torch.')}: "
+                                    "quantized or integer weights are not supported")
+                return found
+        raise UserError(f"{self.where}: tensor {names[0]} is missing")
+
+    def checked(self, name: str, shape: tuple[int | None, ...]) -> torch.Tensor:
+        """`tensor(name)`, refused unless it has `shape` (None matches any size)."""
+        value = self.tensor(name)
+        if value.dim() != len(shape) or any(want is not None and got != want for got, want in zip(value.shape, shape)):
+            wanted = tuple("any" if want is None else want for want in shape)
+            raise UserError(f"{self.where}: tensor {name}: shape {tuple(value.shape)}, expected {wanted}")
+        return value
+
+    def _rows(self, prefix: str, parts: tuple[str, ...], rows: tuple[int, ...], *cols: int) -> torch.Tensor:
+        """The tensors `prefix{part}` stacked by rows, each shape-checked first so that a wrong one is
+        named rather than failing inside torch.cat."""
+        return torch.cat([self.checked(prefix.format(part), (n, *cols)) for part, n in zip(parts, rows)])
 
     def _layer_tensors(self, spec: ModelSpec, layer: int) -> dict[str, torch.Tensor]:
         t = self.tensor
+        h, qkv = spec.hidden, (spec.hidden, spec.kv_dim, spec.kv_dim)
         if spec.family == "opt":
             p = f"model.decoder.layers.{layer}."
             out = {
                 "attn_norm_w": t(p + "self_attn_layer_norm.weight"),
                 "attn_norm_b": t(p + "self_attn_layer_norm.bias"),
-                "wqkv": torch.cat([t(p + f"self_attn.{x}_proj.weight") for x in "qkv"]),
+                "wqkv": self._rows(p + "self_attn.{}_proj.weight", ("q", "k", "v"), qkv, h),
                 "wo": t(p + "self_attn.out_proj.weight"),
                 "mlp_norm_w": t(p + "final_layer_norm.weight"),
                 "mlp_norm_b": t(p + "final_layer_norm.bias"),
@@ -92,7 +125,7 @@ class HFWeights:
                 "w2": t(p + "fc2.weight"),
             }
             if spec.bias:
-                out["bqkv"] = torch.cat([t(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
+                out["bqkv"] = self._rows(p + "self_attn.{}_proj.bias", ("q", "k", "v"), qkv)
                 out["bo"] = t(p + "self_attn.out_proj.bias")
                 out["b1"] = t(p + "fc1.bias")
                 out["b2"] = t(p + "fc2.bias")
@@ -100,14 +133,14 @@ class HFWeights:
         p = f"model.layers.{layer}."
         out = {
             "attn_norm_w": t(p + "input_layernorm.weight"),
-            "wqkv": torch.cat([t(p + f"self_attn.{x}_proj.weight") for x in "qkv"]),
+            "wqkv": self._rows(p + "self_attn.{}_proj.weight", ("q", "k", "v"), qkv, h),
             "wo": t(p + "self_attn.o_proj.weight"),
             "mlp_norm_w": t(p + "post_attention_layernorm.weight"),
-            "w13": torch.cat([t(p + "mlp.gate_proj.weight"), t(p + "mlp.up_proj.weight")]),
+            "w13": self._rows(p + "mlp.{}_proj.weight", ("gate", "up"), (spec.ffn_hidden,) * 2, h),
             "w2": t(p + "mlp.down_proj.weight"),
         }
         if spec.bias:
-            out["bqkv"] = torch.cat([t(p + f"self_attn.{x}_proj.bias") for x in "qkv"])
+            out["bqkv"] = self._rows(p + "self_attn.{}_proj.bias", ("q", "k", "v"), qkv)
             out["bo"] = t(p + "self_attn.o_proj.bias")
         return out
 
@@ -122,28 +155,32 @@ class HFWeights:
             target.copy_(value.to(dtype=target.dtype))
 
     def global_weights(self, spec: ModelSpec, dtype: torch.dtype, device: torch.device) -> GlobalWeights:
-        def load(*names, required=True):
-            value = self.tensor(*names, required=required)
-            return None if value is None else value.to(device=device, dtype=dtype)
+        h, vocab = spec.hidden, spec.vocab_size
+
+        def load(name, *shape):
+            return self.checked(name, shape).to(device=device, dtype=dtype)
 
         if spec.family == "opt":
-            embed = load("model.decoder.embed_tokens.weight")
-            positions = load("model.decoder.embed_positions.weight")
+            embed = load("model.decoder.embed_tokens.weight", vocab, h)
+            positions = load("model.decoder.embed_positions.weight", None, h)
             if positions.shape[0] < spec.max_positions + OPT_POSITION_OFFSET:
                 raise UserError(f"{self.where}: embed_positions has {positions.shape[0]} rows, "
                                 f"need {spec.max_positions + OPT_POSITION_OFFSET}")
-            norm_w = load("model.decoder.final_layer_norm.weight")
-            norm_b = load("model.decoder.final_layer_norm.bias")
+            norm_w = load("model.decoder.final_layer_norm.weight", h)
+            norm_b = load("model.decoder.final_layer_norm.bias", h)
         else:
-            embed = load("model.embed_tokens.weight")
+            embed = load("model.embed_tokens.weight", vocab, h)
             positions, norm_b = None, None
-            norm_w = load("model.norm.weight")
-        head = None if spec.tie_embeddings else load("lm_head.weight", required=False)
-        return GlobalWeights(embed, positions, norm_w, norm_b, embed if head is None else head)
+            norm_w = load("model.norm.weight", h)
+        # untied (config tie_word_embeddings false): the checkpoint must have its own head
+        head = embed if spec.tie_embeddings else load("lm_head.weight", vocab, h)
+        return GlobalWeights(embed, positions, norm_w, norm_b, head)
 
 
-def load_tokenizer(folder: Path | None):
-    """The folder's tokenizer, or None when it has none."""
+def load_tokenizer(folder: Path | None, *, needed: bool):
+    """The folder's tokenizer, or None when it has none. A broken one, or one with no vocabulary
+    (only special tokens, as from a lone tokenizer_config.json), is refused when `needed` (for
+    --prompt); otherwise it only costs the generated text, so a warning says so."""
     if folder is None or not any((Path(folder) / name).exists() for name in TOKENIZER_FILES):
         return None
     try:
@@ -151,6 +188,22 @@ def load_tokenizer(folder: Path | None):
     except ImportError:
         return None
     try:
-        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    except Exception as error:  # a broken tokenizer should not stop a run with --prompt-ids
-        raise UserError(f"{folder}: cannot load the tokenizer: {error}") from None
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        empty = not set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens)
+        problem = "the tokenizer has no vocabulary (only special tokens)" if empty else None
+    except Exception as error:  # whatever a broken tokenizer file raises
+        tokenizer, problem = None, f"cannot load the tokenizer: {first_line(error)}"
+    if problem is None:
+        return tokenizer
+    if needed:
+        raise UserError(f"{folder}: {problem}")
+    warn(f"{folder}: {problem}; the generated text is left out")
+    return None
+
+
+def warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr)
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]

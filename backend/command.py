@@ -23,7 +23,7 @@ from advisor.errors import UserError
 from advisor.memory import itemised
 from advisor.profile import cpu_mode_threads
 from advisor.tracesummary import summarise
-from backend.checkpoint import HFWeights, checkpoint_spec, load_tokenizer
+from backend.checkpoint import HFWeights, checkpoint_spec, first_line, load_tokenizer, warn
 from backend.executor import Executor
 from backend.lanes import make_lanes
 from backend.measure import copy_rate_Bps, default_warmup, timing_overhead
@@ -95,7 +95,7 @@ def prompt_ids(args: Namespace, plan: Plan, tokenizer) -> torch.Tensor:
         if len(ids) != T:
             raise UserError(f"--prompt is {len(ids)} tokens long; the plan's prompt is {T}: "
                             f"make the plan with --prompt-len {len(ids)}")
-        rows = [ids] * B
+        rows, source = [ids] * B, "--prompt"
     elif getattr(args, "prompt_ids", None) is not None:
         text = args.prompt_ids
         if os.path.isfile(text):
@@ -104,9 +104,9 @@ def prompt_ids(args: Namespace, plan: Plan, tokenizer) -> torch.Tensor:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise UserError(f"--prompt-ids: not JSON: {error.msg}") from None
-        if isinstance(data, list) and data and all(isinstance(x, int) for x in data):
+        if isinstance(data, list) and data and all(_is_id(x) for x in data):
             rows = [data] * B
-        elif isinstance(data, list) and all(isinstance(r, list) and all(isinstance(x, int) for x in r) for r in data):
+        elif isinstance(data, list) and all(isinstance(r, list) and all(_is_id(x) for x in r) for r in data):
             rows = data
             if len(rows) != B:
                 raise UserError(f"--prompt-ids: {len(rows)} sequences; the plan's batch is {B}")
@@ -115,12 +115,20 @@ def prompt_ids(args: Namespace, plan: Plan, tokenizer) -> torch.Tensor:
         for i, row in enumerate(rows):
             if len(row) != T:
                 raise UserError(f"--prompt-ids: sequence {i} has {len(row)} tokens; the plan's prompt is {T}")
-            if any(not 0 <= x < vocab for x in row):
-                raise UserError(f"--prompt-ids: sequence {i} has ids outside [0, {vocab})")
+        source = "--prompt-ids"
     else:
         generator = torch.Generator().manual_seed(getattr(args, "seed", 0) or 0)
         return torch.randint(0, vocab, (B, T), generator=generator)
+    for i, row in enumerate(rows):  # the tokenizer's ids too: it may know more tokens than the model
+        outside = sorted({x for x in row if not 0 <= x < vocab})
+        if outside:
+            raise UserError(f"{source}: sequence {i} has ids outside the model's vocabulary [0, {vocab}): {outside[:5]}")
     return torch.tensor(rows, dtype=torch.long)
+
+
+def _is_id(x) -> bool:
+    """A JSON integer; not a boolean, which Python counts as an int."""
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def release(runtime: Runtime | None, device: torch.device) -> None:
@@ -236,7 +244,8 @@ def cmd_execute(args) -> int:
         weights = HFWeights.from_folder(folder)
     else:
         weights = RandomWeights(args.seed)
-    tokenizer = load_tokenizer(folder)
+    # a tokenizer is needed for --prompt; otherwise it only decodes the generated text
+    tokenizer = load_tokenizer(folder, needed=getattr(args, "prompt", None) is not None)
     ids = prompt_ids(args, plan, tokenizer)
     check_machine(Capacity.of(run), device)
     with Progress(quiet=False) as progress, cpu_mode_threads(device.type):
@@ -246,15 +255,20 @@ def cmd_execute(args) -> int:
     trace.extra["plan_path"] = str(Path(args.plan).resolve())
     trace.extra["device_kind"] = device.type
     if tokenizer is not None:
-        trace.generated_text = tokenizer.batch_decode(trace.generated_ids, skip_special_tokens=True)
+        try:
+            trace.generated_text = tokenizer.batch_decode(trace.generated_ids, skip_special_tokens=True)
+        except Exception as error:  # the run is good; only its text is lost
+            warn(f"{folder}: the tokenizer cannot decode the generated ids ({first_line(error)}); "
+                 "the generated text is left out")
     try:
         write_document(args.output, trace)
     except OSError as error:
         raise UserError(f"{args.output}: cannot write: {error.strerror or error}") from None
     s = trace.summary
-    print(f"{plan.model.name}: TTFT {s.ttft_s * 1e3:.2f} ms, decode step {s.decode_step_s * 1e3:.2f} ms, "
-          f"{s.decode_tokens_per_s:.1f} tokens/s ({s.warmup_steps_excluded} warm-up step(s) excluded) "
-          f"on {trace.device}")
+    decode = (f"decode step {s.decode_step_s * 1e3:.2f} ms, {s.decode_tokens_per_s:.1f} tokens/s "
+              f"({s.warmup_steps_excluded} warm-up step(s) excluded)" if s.step_times_s
+              else "decode step n/a (one new token: no decode step)")
+    print(f"{plan.model.name}: TTFT {s.ttft_s * 1e3:.2f} ms, {decode} on {trace.device}")
     kv = trace.extra.get("kv_copy_GBps")
     print(f"KV copies {'n/a' if kv is None else f'{kv:.1f} GB/s'}, pinned {trace.extra['pinned_bytes'] / GB:.2f} GB, "
           f"timing overhead {_pct(trace.extra.get('timing_overhead'))}")
