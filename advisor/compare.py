@@ -53,7 +53,8 @@ def check_device(hw: HardwareProfile, trace: Trace, where: str) -> None:
     if kind is not None and kind != hw.device_kind:
         raise UserError(
             f"{where}: measured on a {kind} device ({trace.device}), but hardware profile {hw.name} is for "
-            f"device kind {hw.device_kind}: use a {kind} profile (advisor profile --device {kind})"
+            f"device kind {hw.device_kind}: use a {kind} profile (and, to compare, a plan made with one; "
+            f"advisor profile --device {kind} measures this machine)"
         )
 
 

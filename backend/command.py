@@ -235,6 +235,14 @@ def cmd_execute(args) -> int:
     plan = load_document(Plan, args.plan)
     check_writable(args.output, getattr(args, "calibrate", None))
     device = choose_device(args.device)
+    if plan.hardware.device_kind != device.type:
+        # the run is still a numerics check, but its timings judge no profile of the plan's kind
+        mismatch = (f"{args.plan} was planned for {plan.hardware.name}, a {plan.hardware.device_kind} profile; "
+                    f"this run is on {device.type}")
+        if getattr(args, "calibrate", None):
+            raise UserError(f"{mismatch}, so --calibrate could not use it: plan with a {device.type} profile")
+        warn(f"{mismatch}: compare and calibrate will not take its timings (plan with a {device.type} profile "
+             f"for that{', e.g. --hardware cpu-generic' if device.type == 'cpu' else ''})")
     folder = Path(args.checkpoint) if args.checkpoint else None
     run = plan
     if folder is not None:

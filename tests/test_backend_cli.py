@@ -223,3 +223,21 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, c
     assert main(argv) == 2
     assert f"{blocked}: cannot write" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "plan.json"]
+
+
+def test_a_gpu_plan_run_on_the_cpu_warns_and_refuses_calibrating_before_the_run(tmp_path, capsys):
+    """Its tokens are still a numerics check, but compare and calibrate refuse its timings; before,
+    nothing said so until compare, whose advice (a CPU profile) could not be followed."""
+    wl = Workload(batch=2, prompt_len=8, gen_len=3)
+    write_document(tmp_path / "gpu.json", make_plan(load_model("tiny-opt"), load_hardware("h100-pcie5"), wl,
+                                                    splits=4, dtype="fp32"))
+    base = ["execute", str(tmp_path / "gpu.json"), "--device", "cpu", "--no-timing-overhead"]
+    assert main(base + ["-o", str(tmp_path / "m.json"), "--calibrate", str(tmp_path / "cal.json")]) == 2
+    err = capsys.readouterr().err
+    assert "--calibrate could not use it" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "cal.json").exists()
+    assert main(base + ["-o", str(tmp_path / "m.json")]) == 0
+    err = capsys.readouterr().err
+    assert "a cuda profile; this run is on cpu" in err and "--hardware cpu-generic" in err
+    assert main(["compare", str(tmp_path / "gpu.json"), str(tmp_path / "m.json")]) == 2
+    assert "a plan made with one" in capsys.readouterr().err
