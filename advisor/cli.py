@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import sys
 
@@ -29,38 +30,48 @@ HANDLERS = {
 }
 
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
 
 
-def non_negative_int(text: str) -> int:
-    value = positive_int(text) if text.strip() not in ("0", "+0", "-0") else 0
-    return value
-
-
-def fraction(text: str) -> float:
+def _finite_number(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):  # nan, inf, and a number too large for a float (1e400)
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _whole_number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be positive (1 or more)")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be ≥ 0")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = _finite_number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} must lie in [0, 1]")
     return value
 
 
 def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    value = _finite_number(text)
     if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must not be negative")
+        raise argparse.ArgumentTypeError(f"{value} must be ≥ 0")
     return value
 
 
@@ -260,12 +271,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     module_name, function_name = HANDLERS[args.command].split(":")
     try:
-        handler = getattr(importlib.import_module(module_name), function_name)
-    except ModuleNotFoundError as missing:  # e.g. textual on a GPU box that only executes plans
-        print(f"advisor {args.command}: needs the Python package {missing.name!r}, which is not installed "
-              f"here (pip install -e . installs what every command needs)", file=sys.stderr)
-        return UserError.exit_code
-    try:
+        # imported inside the protected region: importing torch takes a second, and Ctrl-C then is
+        # an interruption like any other
+        try:
+            handler = getattr(importlib.import_module(module_name), function_name)
+        except ModuleNotFoundError as missing:  # e.g. textual on a GPU box that only executes plans
+            print(f"advisor {args.command}: needs the Python package {missing.name!r}, which is not installed "
+                  f"here (pip install -e . installs what every command needs)", file=sys.stderr)
+            return UserError.exit_code
         return int(handler(args) or 0)
     except UserError as error:
         for line in error.lines:

@@ -8,6 +8,7 @@ DESIGN §3: seconds `_s`, bytes `_bytes`, bytes per second `_Bps`, FLOP/s `_flop
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -269,7 +270,31 @@ class Plan(Document):
                 f"prompt_len + gen_len - 1 = {wl.max_context} exceeds the model's "
                 f"{m.max_positions} positions"
             )
+        if self.offload:
+            self._check_store()
         return self
+
+    def _check_store(self) -> None:
+        """The host store must hold what the steps read back (DESIGN §3 "What is stored";
+        `advisor.plans.store_policy` writes the smallest such store): the activations of every
+        token some step recomputes, act_tokens ≥ max(splits), and the KV of every token some step
+        transfers, kv_from ≤ min(splits), within the tokens stored (the prompt and the inputs of
+        all decode steps but the last). Without a decode step nothing is read back: any store within
+        the stored tokens will do. A plan that does not offload keeps no store."""
+        store, stored = self.store, self.workload.stored_tokens
+        fix = "make the plan with advisor plan, or set store as advisor.plans.store_policy does"
+        if store.act_tokens > stored:
+            raise ValueError(f"store.act_tokens {store.act_tokens} exceeds the {stored} tokens stored "
+                             f"(the prompt and the input of each decode step but the last); {fix}")
+        if store.kv_from > stored:
+            raise ValueError(f"store.kv_from {store.kv_from} exceeds the {stored} tokens stored "
+                             f"(the prompt and the input of each decode step but the last); {fix}")
+        if self.splits and store.act_tokens < max(self.splits):
+            raise ValueError(f"store.act_tokens {store.act_tokens} is below the largest split {max(self.splits)}: "
+                             f"the activations of the tokens recomputed are not stored; {fix}")
+        if self.splits and store.kv_from > min(self.splits):
+            raise ValueError(f"store.kv_from {store.kv_from} is above the smallest split {min(self.splits)}: "
+                             f"the KV of the tokens transferred is not stored; {fix}")
 
     @property
     def offloaded_layers(self) -> int:
@@ -362,8 +387,11 @@ def validation_lines(where: str, error: ValidationError) -> list[str]:
     """One line per problem: `where: field.path: message`."""
     lines = []
     for problem in error.errors():
-        path = ".".join(str(part) for part in problem["loc"]) or "(document)"
-        lines.append(f"{where}: {path}: {problem['msg']}")
+        message = problem["msg"]
+        if problem["type"] == "value_error" and "error" in problem.get("ctx", {}):
+            message = str(problem["ctx"]["error"])  # a validator's own sentence, without "Value error, "
+        path = ".".join(str(part) for part in problem["loc"])
+        lines.append(f"{where}: {path}: {message}" if path else f"{where}: {message}")
     return lines
 
 
@@ -394,10 +422,43 @@ def load_document(cls: type[D], path: str | os.PathLike) -> D:
     return parse_document(cls, data, str(path))
 
 
-def _temp_beside(path: Path) -> tuple[int, str]:
-    """A new temporary file in `path`'s folder (made if missing), where `path` will be renamed from."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _missing_folders(folder: Path) -> list[Path]:
+    """The folders from `folder` up that do not exist yet, deepest first; refuses (ENOTDIR) when the
+    nearest one that exists is not a folder (`-o notes.txt/plan.json`)."""
+    missing = []
+    while not folder.exists():
+        if folder.is_symlink():  # a dangling link: mkdir cannot make it a folder
+            raise NotADirectoryError(errno.ENOTDIR, f"{folder} is a broken link, not a folder")
+        missing.append(folder)
+        if folder.parent == folder:
+            break
+        folder = folder.parent
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder")
+    return missing
+
+
+def _remove_folders(made: list[Path]) -> None:
+    """Remove folders this process made (deepest first) that are still empty."""
+    for folder in made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break
+
+
+def _temp_beside(path: Path) -> tuple[int, str, list[Path]]:
+    """A new temporary file in `path`'s folder, where `path` will be renamed from, and the folders
+    made for it (deepest first): the caller removes them if the write fails."""
+    made = _missing_folders(path.parent)
+    try:
+        for folder in reversed(made):
+            folder.mkdir()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except BaseException:
+        _remove_folders(made)
+        raise
+    return fd, tmp, made
 
 
 def _not_a_file(path: Path) -> bool:
@@ -408,13 +469,14 @@ def _not_a_file(path: Path) -> bool:
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write to a temporary file beside `path`, then rename: readers never see half a file.
-    A path that is not a regular file (a device, a pipe, a link) is written in place instead."""
+    A path that is not a regular file (a device, a pipe, a link) is written in place instead.
+    Missing folders are made here, as the file is written, and removed again if the write fails."""
     path = Path(path)
     if _not_a_file(path):
         with open(path, "w") as handle:
             handle.write(text)
         return
-    fd, tmp = _temp_beside(path)
+    fd, tmp, made = _temp_beside(path)
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)
@@ -424,12 +486,16 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        _remove_folders(made)
         raise
 
 
 def check_writable(*paths: str | os.PathLike | None) -> None:
-    """Refuse, before minutes of work, an output path that could not be written at the end: make its
-    folder and a temporary file in it the way `write_text_atomic` will, then remove the file."""
+    """Refuse, before minutes of work, an output path that could not be written at the end.
+
+    Nothing is left behind: a temporary file is made in the folder and removed; where folders are
+    missing (`write_text_atomic` makes them), one is made in the nearest folder that exists and
+    removed, so a refused or failed command leaves no empty folders."""
     for path in paths:
         if path is None:
             continue
@@ -442,11 +508,64 @@ def check_writable(*paths: str | os.PathLike | None) -> None:
                 raise UserError(f"{path}: cannot write: permission denied")
             continue
         try:
-            fd, tmp = _temp_beside(path)
-            os.close(fd)
-            os.unlink(tmp)
+            missing = _missing_folders(path.parent)
+            if missing:
+                os.rmdir(tempfile.mkdtemp(prefix=f".{missing[-1].name}.", dir=missing[-1].parent))
+            else:
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+                os.close(fd)
+                os.unlink(tmp)
         except OSError as error:
             raise UserError(f"{path}: cannot write: {error.strerror or error}") from None
+
+
+def _regular_target(path: Path) -> bool:
+    """Whether `path` is (or, missing, would be) a regular file: a device or pipe (`/dev/null`) can
+    take several outputs, and reading one destroys nothing."""
+    return not path.exists() or path.is_file()
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
+
+
+PathArg = str | os.PathLike | None
+
+
+def _named_paths(paths: dict[str, PathArg | list[PathArg] | tuple[PathArg, ...]]) -> list[tuple[str, Path]]:
+    named = []
+    for what, given in paths.items():
+        for path in given if isinstance(given, (list, tuple)) else [given]:
+            if path is not None:
+                named.append((what, Path(path)))
+    return named
+
+
+def check_distinct(inputs: dict[str, PathArg | list[PathArg] | tuple[PathArg, ...]],
+                   outputs: dict[str, PathArg | list[PathArg] | tuple[PathArg, ...]]) -> None:
+    """Refuse an output that is the same file as an input (writing it would destroy the input) or as
+    another output (one would overwrite the other), before any work.
+
+    Keys name each path for the message (`-o`, `--chrome`, `the plan`); a value may be a list
+    (`advisor calibrate a.json b.json`). None is skipped, and so are inputs that are not files (a
+    shipped profile's name) and paths that are not regular files (`/dev/null`, a pipe). Paths are
+    the same when `os.path.samefile` says so (links, `./x`, hard links), or, for an output not
+    written yet, when they resolve to the same path."""
+    given_inputs = [(what, path) for what, path in _named_paths(inputs) if path.is_file()]
+    given_outputs = _named_paths(outputs)
+    for i, (what, out) in enumerate(given_outputs):
+        if not _regular_target(out):
+            continue
+        for source, path in given_inputs:
+            if _same_file(out, path):
+                raise UserError(f"{what} {out}: the same file as {source} {path}; writing it would destroy "
+                                "that input: choose another output file")
+        for other, earlier in given_outputs[:i]:
+            if _regular_target(earlier) and _same_file(out, earlier):
+                raise UserError(f"{what} {out}: the same file as {other} {earlier}; one would overwrite the "
+                                "other: choose another file for one of them")
 
 
 def write_document(path: str | os.PathLike, document: Document) -> None:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import replace
 
 from advisor.catalog import load_hardware, load_model
-from advisor.documents import Plan, write_document
+from advisor.documents import Plan, check_distinct, check_writable, write_document
 from advisor.errors import UserError
 from advisor.scheduler import Request, check_request, fits_somehow, largest_batch_that_fits, plan
 
@@ -16,13 +17,29 @@ from advisor.scheduler import Request, check_request, fits_somehow, largest_batc
 def build_request(model, hardware, *, batch: int, prompt_len: int, gen_len: int, schedule=None, objective=None,
                   gpu_batches=None, weights_on_gpu=None, gpu_kv_budget_gb=None, split=None, chunks=None,
                   cost_model: str = "pipelined", dtype=None) -> Request:
-    """The scheduler's request for `advisor plan`'s options (the TUI builds its plans the same way)."""
-    budget = None if gpu_kv_budget_gb is None else int(gpu_kv_budget_gb * 1e9)
+    """The scheduler's request for `advisor plan`'s options (the TUI and `advisor tune` build their
+    requests the same way)."""
     return Request(
         model=model, hardware=hardware, batch=batch, prompt_len=prompt_len, gen_len=gen_len,
         schedule=schedule, objective=objective, gpu_batches=gpu_batches, weights_on_gpu=weights_on_gpu,
-        gpu_kv_budget_bytes=budget, split=split, chunks=chunks, cost_model=cost_model, dtype=dtype,
+        gpu_kv_budget_bytes=budget_bytes(gpu_kv_budget_gb), split=split, chunks=chunks, cost_model=cost_model,
+        dtype=dtype,
     )
+
+
+def budget_bytes(gb: float | None) -> int | None:
+    """The GPU KV budget (--gpu-kv-budget, the TUI's field) in bytes; refused, rather than crash,
+    when it is not a number of bytes: nan, negative, infinite or too large for a float once in bytes."""
+    if gb is None:
+        return None
+    nbytes = float(gb) * 1e9
+    if math.isnan(nbytes):
+        raise UserError(f"GPU KV budget: {gb} is not a number")
+    if nbytes < 0:
+        raise UserError(f"GPU KV budget: {gb:g} GB must be ≥ 0")
+    if not math.isfinite(nbytes):
+        raise UserError(f"GPU KV budget: {gb:g} GB is too large (give at most {sys.float_info.max / 1e9:.3g} GB)")
+    return int(nbytes)
 
 
 MAX_BATCH = 4096  # where `--batch max` and `--batch best` stop looking
@@ -183,6 +200,8 @@ def describe(p: Plan) -> list[str]:
 
 
 def cmd_plan(args) -> int:
+    check_distinct({"--model": args.model, "--hardware": args.hardware}, {"-o": args.output})
+    check_writable(args.output)  # before `--batch best` plans for a minute
     request = request_from_args(args)
     result = best_batch_plan(request) if args.batch == "best" else plan(request)
     try:

@@ -20,11 +20,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from advisor.calibrate import Run, calibrate, make_run
-from advisor.documents import HardwareProfile, Plan, Trace, Workload, check_writable, write_document
+from advisor.documents import (HardwareProfile, Plan, Trace, Workload, check_distinct, check_writable,
+                               write_document)
 from advisor.errors import UserError
 from advisor.plans import make_plan
 from advisor.profile import cpu_mode_threads
@@ -110,9 +112,14 @@ def default_warmup(device: str) -> int:
     return 2 if device == "cuda" else 1
 
 
+ProgressFn = Callable[[str, float, float], None]  # (what, done, total): backend.progress.Progress.update
+
+
 def execute_plans(plans: list[Plan], device: str, warmup: int, seed: int = 0,
-                  on_skip: Callable[[Plan, str], None] | None = None) -> list[Trace | None]:
-    """Measured traces of `plans` (None for one this machine cannot hold), sharing runtimes by shape."""
+                  on_skip: Callable[[Plan, str], None] | None = None,
+                  progress: ProgressFn | None = None, what: str = "candidates") -> list[Trace | None]:
+    """Measured traces of `plans` (None for one this machine cannot hold), sharing runtimes by shape.
+    `progress(what, done, total)` counts the tokens sampled (prefill and decode steps) over all plans."""
     import torch
 
     from advisor.tracesummary import summarise
@@ -139,9 +146,20 @@ def execute_plans(plans: list[Plan], device: str, warmup: int, seed: int = 0,
             groups.append([i])
 
     traces: list[Trace | None] = [None] * len(plans)
+    samples = [p.workload.gen_len * p.workload.gpu_batches for p in plans]
+    total, done = sum(samples), [0]
+
+    def advance(count: int = 1) -> None:
+        done[0] += count
+        if progress is not None:
+            progress(what, min(done[0], total), total)
+
+    advance(0)
     with cpu_mode_threads(device):
+        group_end = 0
         for group in groups:
             members = [plans[i] for i in group]
+            group_end += sum(samples[i] for i in group)
             capacity = Capacity.of(*members)
             try:
                 check_machine(capacity, dev)
@@ -149,6 +167,7 @@ def execute_plans(plans: list[Plan], device: str, warmup: int, seed: int = 0,
                 for p in members:
                     if on_skip:
                         on_skip(p, error.lines[0])
+                advance(group_end - done[0])
                 continue
             runtime = None
             try:
@@ -157,7 +176,7 @@ def execute_plans(plans: list[Plan], device: str, warmup: int, seed: int = 0,
                 for i, p in zip(group, members):
                     steps = p.workload.decode_steps
                     used_warmup = min(warmup, max(steps - 1, 0))
-                    result = Executor(runtime, p).run(make_lanes(dev))
+                    result = Executor(runtime, p).run(make_lanes(dev), on_sample=lambda op: advance())
                     records = result.records()
                     traces[i] = Trace(
                         source="measured", plan_fingerprint=p.fingerprint(), device=name, records=records,
@@ -166,12 +185,13 @@ def execute_plans(plans: list[Plan], device: str, warmup: int, seed: int = 0,
                         notes=["measured by advisor tune through the backend's executor (random weights)"],
                     )
             except (torch.cuda.OutOfMemoryError, PinError) as error:
-                what = "out of GPU memory" if isinstance(error, torch.cuda.OutOfMemoryError) else "pinning failed"
+                why = "out of GPU memory" if isinstance(error, torch.cuda.OutOfMemoryError) else "pinning failed"
                 for p in members:
                     if on_skip:
-                        on_skip(p, f"{what}: {str(error).splitlines()[0] if str(error) else ''}")
+                        on_skip(p, f"{why}: {str(error).splitlines()[0] if str(error) else ''}")
             finally:
                 release(runtime, dev)
+            advance(group_end - done[0])  # a group skipped or cut short still ends its share of the bar
     return traces
 
 
@@ -239,19 +259,31 @@ class Outcome:
 
 RunPlans = Callable[[list[Plan], str, int], list[Trace | None]]
 
+NO_DECODE_STEP = ("--gen-len 1 has no decode step, and decode steps are what tune measures and tunes "
+                  "(the split applies to them): give --gen-len 2 or more")
+
 
 def tune(request: Request, device: str, rounds: int = 3, steps: int = 4, warmup: int | None = None,
-         execute: RunPlans | None = None, log: Callable[[str], None] = print) -> Outcome:
-    """Plan, execute the plan and its neighbours, calibrate, re-plan — until the plan repeats."""
+         execute: RunPlans | None = None, log: Callable[[str], None] = print,
+         progress: Callable[[], AbstractContextManager] | None = None) -> Outcome:
+    """Plan, execute the plan and its neighbours, calibrate, re-plan — until the plan repeats.
+
+    `progress()` (e.g. `backend.progress.Progress`) makes the bars that follow each round's runs:
+    one context per round, closed before the round's lines are logged (a live bar would take
+    standard output over while it shows)."""
+    if request.gen_len < 2:
+        raise UserError(NO_DECODE_STEP)
     began = time.perf_counter()
     warmup = default_warmup(device) if warmup is None else warmup
     skipped: dict[str, str] = {}
 
-    def run_all(plans: list[Plan]) -> list[Trace | None]:
-        if execute is not None:
-            return execute(plans, device, warmup)
-        return execute_plans(plans, device, warmup,
-                             on_skip=lambda p, why: skipped.__setitem__(p.fingerprint(), why))
+    def run_all(plans: list[Plan], what: str) -> list[Trace | None]:
+        with progress() if progress is not None else nullcontext() as bars:
+            if execute is not None:
+                return execute(plans, device, warmup)
+            return execute_plans(plans, device, warmup,
+                                 on_skip=lambda p, why: skipped.__setitem__(p.fingerprint(), why),
+                                 progress=bars.update if bars is not None else None, what=what)
 
     start = request.hardware
     hw = start
@@ -266,7 +298,7 @@ def tune(request: Request, device: str, rounds: int = 3, steps: int = 4, warmup:
         candidates = [("plan", base)] + [(label, p) for label, p in neighbours(base)
                                          if p.fingerprint() != base.fingerprint()]
         fresh = [(label, p) for label, p in candidates if p.fingerprint() not in measured]
-        traces = run_all([p for _, p in fresh])
+        traces = run_all([p for _, p in fresh], f"round {number}: {len(fresh)} plan(s)")
         tried = []
         for (label, p), trace in zip(fresh, traces):
             item = Tried(label, p, trace, predicted_step_s(p, hw, warmup), skipped.get(p.fingerprint(), ""))
@@ -292,7 +324,7 @@ def tune(request: Request, device: str, rounds: int = 3, steps: int = 4, warmup:
     first = replace(first, predicted_s=predicted_step_s(first.plan, start, warmup))
     final_short = short_plan(current, steps, warmup)
     if final_short.fingerprint() not in measured:
-        trace = run_all([final_short])[0]
+        trace = run_all([final_short], "final plan")[0]
         if trace is None:
             raise UserError(f"the final plan ({describe_choice(current)}) could not run here: "
                             f"{skipped.get(final_short.fingerprint(), 'no measurement')}")
@@ -332,16 +364,26 @@ def _log_round(log, r: Round, main: Tried) -> None:
         log(f"  re-planned: {describe_choice(r.next_plan)}{' (unchanged)' if same else ''}")
 
 
+def candidate_steps(gen_len: int, steps: int, warmup: int) -> tuple[int, int]:
+    """(warm-up, measured) decode steps each candidate runs: `steps` after `warmup`, fewer when the
+    workload has fewer decode steps (as `short_plan` and `execute_plans` shorten them)."""
+    decode = max(2, min(gen_len, steps + warmup + 1)) - 1
+    used_warmup = min(warmup, max(decode - 1, 0))
+    return used_warmup, decode - used_warmup
+
+
 def summary_lines(o: Outcome, steps: int) -> list[str]:
+    s = o.final.trace.summary if o.final.trace else None
+    measured = len(s.step_times_s) - s.warmup_steps_excluded if s and s.step_times_s else steps
+    full = o.final_plan.predicted.decode_step_s if o.final_plan.predicted and o.final_plan.workload.decode_steps else None
     return [
         o.stopped + f", {o.elapsed_s:.1f} s",
         f"first plan: {describe_choice(o.first_plan)}: predicted {_ms(o.first.predicted_s)} per step on "
         f"{o.first_plan.hardware.name}, measured {_ms(o.first.measured_s)}{_err(o.first.predicted_s, o.first.measured_s)}",
         f"final plan: {describe_choice(o.final_plan)}: predicted {_ms(o.final.predicted_s)} per step on "
         f"{o.profile.name}, measured {_ms(o.final.measured_s)}{_err(o.final.predicted_s, o.final.measured_s)}",
-        f"(decode steps of the shortened workload, {steps} per candidate after the warm-up, medians; the final "
-        f"plan's full workload is predicted at {_ms(o.final_plan.predicted.decode_step_s if o.final_plan.predicted else None)} "
-        f"per step)",
+        f"(decode steps of the shortened workload, {measured} per candidate after the warm-up, medians; the final "
+        f"plan's full workload is predicted at {_ms(full)} per step)",
     ]
 
 
@@ -367,31 +409,48 @@ def _starting_profile(args, device: str) -> HardwareProfile:
     return hw
 
 
+def _profile_written_to(args) -> str | None:
+    """The path `_starting_profile` writes this machine's profile to, if it will write one."""
+    path = Path(args.hardware)
+    return args.hardware if args.hardware != "measure" and path.suffix == ".json" and not path.exists() else None
+
+
 def cmd_tune(args) -> int:
     from advisor.catalog import load_model
+    from advisor.planner_cli import budget_bytes, build_request
     from backend.command import choose_device
+    from backend.progress import Progress as ProgressBars
 
+    if args.gen_len < 2:
+        raise UserError(NO_DECODE_STEP)
+    budget_bytes(args.gpu_kv_budget)  # refused now, not after profiling
+    measured_to = _profile_written_to(args)
+    check_distinct({"--model": args.model, "--hardware": None if measured_to else args.hardware},
+                   {"-o": args.output, "--profile-output": args.profile_output, "--hardware": measured_to})
+    check_writable(args.output, args.profile_output, measured_to)
     device = choose_device(args.device).type
-    check_writable(args.output, args.profile_output)
     model = load_model(args.model)
     hw = _starting_profile(args, device)
-    budget = None if args.gpu_kv_budget is None else int(args.gpu_kv_budget * 1e9)
-    request = Request(
-        model=model, hardware=hw, batch=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len,
-        schedule=args.schedule, objective=args.objective, gpu_batches=args.gpu_batches,
-        weights_on_gpu=args.weights_on_gpu, gpu_kv_budget_bytes=budget, split=args.split, chunks=args.chunks,
-        cost_model=args.cost_model, dtype=args.dtype,
+    request = build_request(
+        model, hw, batch=args.batch, prompt_len=args.prompt_len, gen_len=args.gen_len, schedule=args.schedule,
+        objective=args.objective, gpu_batches=args.gpu_batches, weights_on_gpu=args.weights_on_gpu,
+        gpu_kv_budget_gb=args.gpu_kv_budget, split=args.split, chunks=args.chunks, cost_model=args.cost_model,
+        dtype=args.dtype,
     )
+    warmup, measured = candidate_steps(args.gen_len, args.steps, default_warmup(device))
+    fewer = (f" (the workload has {args.gen_len - 1} decode step(s): --steps {args.steps} and the "
+             f"{default_warmup(device)}-step warm-up do not fit)" if (warmup, measured) !=
+             (default_warmup(device), args.steps) else "")
     print(f"tune: {model.name} on {hw.name} ({device}), batch {args.batch}, prompt {args.prompt_len}, "
-          f"{args.gen_len} new tokens; at most {args.rounds} round(s), {args.steps} decode steps per candidate "
-          f"after {default_warmup(device)} warm-up step(s)")
-    outcome = tune(request, device, rounds=args.rounds, steps=args.steps)
-    for line in summary_lines(outcome, args.steps):
+          f"{args.gen_len} new tokens; at most {args.rounds} round(s), {measured} decode step(s) per candidate "
+          f"after {warmup} warm-up step(s){fewer}")
+    outcome = tune(request, device, rounds=args.rounds, steps=args.steps, progress=ProgressBars)
+    for line in summary_lines(outcome, measured):
         print(line)
-    try:
-        write_document(args.output, outcome.final_plan)
-        write_document(args.profile_output, outcome.profile)
-    except OSError as error:
-        raise UserError(f"cannot write: {error.strerror or error}") from None
+    for path, document in ((args.output, outcome.final_plan), (args.profile_output, outcome.profile)):
+        try:
+            write_document(path, document)
+        except OSError as error:
+            raise UserError(f"{path}: cannot write: {error.strerror or error}") from None
     print(f"wrote {args.output} and {args.profile_output}")
     return 0

@@ -22,8 +22,13 @@ import torch
 
 from advisor import memory
 from advisor.documents import Plan
+from advisor.errors import UserError
 from backend.model import DTYPES, GlobalWeights, LayerLayout, LayerWeights, RandomWeights, Rotary
 from backend.stores import HostSlab, HostStores, Piece, StoreShape, slab_bytes, store_pieces
+
+
+class PlanDoesNotFit(UserError, ValueError):
+    """`Runtime.check_plan`'s refusal: the user's error (exit 2, one line), and a ValueError as before."""
 
 
 @dataclass(frozen=True)
@@ -224,7 +229,10 @@ class Runtime:
     def check_plan(self, plan: Plan) -> None:
         """Refuse a plan that does not fit this runtime."""
         cap = self.capacity
-        check_same_shape(cap.plan, plan)
+        try:
+            check_same_shape(cap.plan, plan)
+        except ValueError as error:
+            raise PlanDoesNotFit(f"plan does not fit the runtime: {error}") from None
         wl = plan.workload
         problems = []
         if wl.max_context > cap.max_context or wl.gen_len > cap.gen_len:
@@ -235,7 +243,7 @@ class Runtime:
             if max([0] + plan.splits) > cap.act_tokens:
                 problems.append("recomputes more tokens than the activation buffers hold")
         if problems:
-            raise ValueError("plan does not fit the runtime: " + "; ".join(problems))
+            raise PlanDoesNotFit("plan does not fit the runtime: " + "; ".join(problems))
 
     def set_prompt(self, ids: torch.Tensor) -> None:
         self.prompt.copy_(ids.to(self.prompt.device))

@@ -12,7 +12,8 @@ import statistics
 import time
 
 from advisor.chrome import write_chrome
-from advisor.documents import Plan, Trace, load_document, write_document
+from advisor.documents import Plan, Trace, check_distinct, check_writable, load_document, write_document
+from advisor.errors import UserError
 from advisor.opgraph import PREFILL, build_graph
 from simulator.simulate import simulate_plan
 from simulator.timeline import text_timeline
@@ -56,14 +57,21 @@ def summary_text(plan: Plan, trace: Trace) -> str:
 
 def cmd_simulate(args) -> int:
     plan = load_document(Plan, args.plan)
+    check_distinct({"the plan": args.plan}, {"-o": args.output, "--chrome": args.chrome})
+    check_writable(args.output, args.chrome)
     began = time.perf_counter()
     graph = build_graph(plan)
     trace = simulate_plan(plan, graph)
     elapsed = time.perf_counter() - began
-    if args.output:
-        write_document(args.output, trace)
-    if args.chrome:
-        write_chrome(args.chrome, {"predicted": trace}, graph)
+    for path, write in ((args.output, lambda: write_document(args.output, trace)),
+                        (args.chrome, lambda: write_chrome(args.chrome, {"predicted": trace}, graph))):
+        if not path:
+            continue
+        try:
+            write()  # atomically: a failed write leaves no partial file, and an existing one as it was
+        except OSError as error:
+            done = f" ({args.output} was written)" if path == args.chrome and args.output else ""
+            raise UserError(f"{path}: cannot write: {error.strerror or error}{done}") from None
     print(summary_text(plan, trace))
     print(f"  simulated {len(trace.records):,} operations in {elapsed:.2f} s")
     steps = plan.workload.decode_steps

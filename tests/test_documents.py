@@ -114,8 +114,69 @@ def test_check_writable_refuses_a_folder_and_leaves_nothing_behind(tmp_path):
 
     with pytest.raises(UserError, match="is a folder"):
         check_writable(tmp_path)
-    check_writable(tmp_path / "new" / "plan.json", None)
-    assert (tmp_path / "new").is_dir() and list((tmp_path / "new").iterdir()) == []
+    check_writable(tmp_path / "new" / "deeper" / "plan.json", None)  # the folders are made when it is written
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "notes.txt").write_text("")
+    with pytest.raises(UserError, match=f"cannot write: {tmp_path / 'notes.txt'} is not a folder"):
+        check_writable(tmp_path / "notes.txt" / "new" / "plan.json")
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_a_failed_write_removes_the_folders_it_made(tmp_path, monkeypatch):
+    import os
+
+    from advisor.documents import write_text_atomic
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(OSError):
+        write_text_atomic(tmp_path / "a" / "b" / "plan.json", "{}")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _plan_data(**workload):
+    from advisor.documents import Workload
+    from advisor.plans import make_plan
+
+    wl = Workload(**{"batch": 2, "prompt_len": 64, "gen_len": 6, **workload})
+    return json.loads(make_plan(load_model("tiny-opt"), load_hardware("cpu-generic"), wl, splits=20).model_dump_json())
+
+
+@pytest.mark.parametrize("store, splits, message", [
+    ({"act_tokens": 0, "kv_from": 0}, None, "store.act_tokens 0 is below the largest split 20"),
+    ({"act_tokens": 64, "kv_from": 60}, [10] * 5, "store.kv_from 60 is above the smallest split 10"),
+    ({"act_tokens": 69, "kv_from": 0}, None, "store.act_tokens 69 exceeds the 68 tokens stored"),
+    ({"act_tokens": 20, "kv_from": 69}, [0] * 5, "store.kv_from 69 exceeds the 68 tokens stored"),
+])
+def test_a_store_that_misses_what_the_steps_read_is_refused(tmp_path, store, splits, message):
+    data = _plan_data()
+    data["store"] = store
+    if splits is not None:
+        data["splits"] = splits
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError) as caught:
+        load_document(Plan, path)
+    assert len(caught.value.lines) == 1 and caught.value.lines[0].startswith(f"{path}: {message}")
+
+
+def test_stores_that_hold_what_the_steps_read_are_valid():
+    data = _plan_data()
+    assert data["store"] == {"act_tokens": 20, "kv_from": 20}  # what advisor.plans.store_policy writes
+    data["store"] = {"act_tokens": 68, "kv_from": 0}  # more than needed (a shared runtime's): still valid
+    Plan.model_validate(data)
+    no_decode = _plan_data(gen_len=1)  # nothing read back: any store within the prompt
+    assert no_decode["splits"] == [] and no_decode["store"] == {"act_tokens": 0, "kv_from": 64}
+    no_decode["store"] = {"act_tokens": 0, "kv_from": 0}
+    Plan.model_validate(no_decode)
+    no_decode["store"] = {"act_tokens": 65, "kv_from": 0}
+    with pytest.raises(ValueError, match="exceeds the 64 tokens stored"):
+        Plan.model_validate(no_decode)
+    resident = _plan_data()  # a plan that does not offload keeps no store: it is not checked
+    resident.update(offload=False, splits=[0] * 5, store={"act_tokens": 0, "kv_from": 0})
+    Plan.model_validate(resident)
 
 
 def test_a_pipe_or_device_output_is_written_in_place_not_replaced(tmp_path):

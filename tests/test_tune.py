@@ -93,3 +93,78 @@ def test_cli_tune_on_the_cpu_ends_within_its_rounds_and_reports(tmp_path, capsys
     assert profile.provenance.calibrated_from and plan.workload.gen_len == 32
     # the measured copies were far faster than the wrong profile said
     assert profile.h2d.bandwidth_Bps > 5 * wrong.h2d.bandwidth_Bps
+
+
+def test_tune_refuses_a_workload_without_a_decode_step(h100, opt67):
+    from advisor.errors import UserError
+
+    def never(plans, device, warmup):
+        raise AssertionError("nothing should run")
+
+    with pytest.raises(UserError, match="--gen-len 1 has no decode step"):
+        tune(Request(opt67, h100, batch=8, prompt_len=2000, gen_len=1), "cuda", execute=never)
+
+
+def test_candidate_runs_show_progress_to_the_end():
+    from advisor.tune import execute_plans
+
+    tiny, cpu = load_model("tiny-opt"), load_hardware("cpu-generic")
+    plans = [make_plan(tiny, cpu, Workload(batch=2, prompt_len=16, gen_len=4, gpu_batches=g), splits=s,
+                       schedule="column") for g, s in ((1, 4), (1, 8), (2, 4))]
+    seen = []
+    traces = execute_plans(plans, "cpu", 1, progress=lambda *update: seen.append(update), what="round 1")
+    assert all(t is not None for t in traces)
+    total = 4 + 4 + 8  # tokens sampled: gen_len × GPU batches of each plan
+    assert seen[0] == ("round 1", 0, total) and seen[-1] == ("round 1", total, total)
+    done = [d for _, d, _ in seen]
+    assert done == sorted(done) and len(set(done)) == total + 1
+
+
+def test_each_round_runs_under_its_own_progress_bars(h100, opt67):
+    """backend.progress.Progress (what execute and profile show) is opened around each round's runs
+    and closed before the round's lines are logged."""
+    events = []
+
+    class Bars:
+        def __enter__(self):
+            events.append("open")
+            return self
+
+        def __exit__(self, *exc):
+            events.append("close")
+
+        def update(self, what, done, total):
+            events.append("update")
+
+    def measure(plans, device, warmup):
+        events.append(f"run {len(plans)}")
+        return [simulate_plan(p).model_copy(update={"source": "measured", "device": "cuda"}) for p in plans]
+
+    request = Request(opt67, h100, batch=8, prompt_len=2000, gen_len=48, gpu_kv_budget_bytes=0)
+    outcome = tune(request, "cuda", rounds=2, steps=4, execute=measure, log=lambda line: events.append("log"),
+                   progress=Bars)
+    runs = [e for e in events if e.startswith("run")]
+    assert runs and events.count("open") == events.count("close") == len(runs)
+    for i, event in enumerate(events):
+        if event.startswith("run"):
+            assert events[i - 1] == "open" and events[i + 1] == "close"
+    assert outcome.rounds
+
+
+def test_cli_tune_says_how_many_steps_a_short_workload_really_measures(tmp_path, capsys, monkeypatch):
+    import advisor.tune
+    from advisor.errors import UserError
+    from advisor.tune import candidate_steps
+
+    assert candidate_steps(48, 4, 2) == (2, 4) and candidate_steps(3, 4, 2) == (1, 1)
+    assert candidate_steps(2, 4, 1) == (0, 1)
+
+    def stop(*args, **kwargs):
+        raise UserError("stopped here")
+
+    monkeypatch.setattr(advisor.tune, "tune", stop)
+    assert main(["tune", "--model", "tiny-opt", "--hardware", "cpu-generic", "--batch", "2", "--prompt-len", "16",
+                 "--gen-len", "3", "--device", "cpu", "-o", str(tmp_path / "p.json"),
+                 "--profile-output", str(tmp_path / "h.json")]) == 2
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "1 decode step(s) per candidate after 1 warm-up step(s) (the workload has 2 decode step(s)" in header
