@@ -49,6 +49,8 @@ from advisor.documents import (
     Plan,
     RatePoint,
     Trace,
+    check_distinct,
+    check_writable,
     load_document,
     write_document,
 )
@@ -616,6 +618,9 @@ def calibrate_run(plan: Plan, trace: Trace, output: str, trace_name: str = "this
 def cmd_calibrate(args) -> int:
     from advisor.catalog import load_hardware
 
+    check_writable(args.output)
+    check_distinct({"a measured trace": args.measured, "--hardware": args.hardware, "--plan": args.plan},
+                   {"-o": args.output})
     hw = load_hardware(args.hardware)
     runs = load_runs(args.measured, args.plan, hw)
     result = calibrate(hw, runs)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from advisor.documents import HardwareProfile, Plan, Trace, TraceSummary, check_writable, load_document
+from advisor.documents import HardwareProfile, Plan, Trace, TraceSummary, check_distinct, check_writable, load_document
 from advisor.errors import UserError
 from advisor.opgraph import PREFILL, OpGraph, build_graph
 from advisor.tracesummary import summarise
@@ -376,6 +376,9 @@ def default_chrome_path(measured_path: str) -> Path:
 
 
 def cmd_compare(args) -> int:
+    chrome = Path(args.chrome) if getattr(args, "chrome", None) else default_chrome_path(args.measured)
+    check_distinct({"the plan": args.plan, "the measured trace": args.measured, "--predicted": args.predicted},
+                   {"--chrome": chrome})
     if getattr(args, "chrome", None):
         check_writable(args.chrome)  # one asked for by name must be written; the default is a convenience
     plan = load_document(Plan, args.plan)
@@ -391,7 +394,6 @@ def cmd_compare(args) -> int:
 
         predicted = simulate_plan(plan, graph)
     comparison = compare_traces(plan, measured, predicted, graph)
-    chrome = Path(args.chrome) if getattr(args, "chrome", None) else default_chrome_path(args.measured)
     from advisor.chrome import write_chrome
 
     try:

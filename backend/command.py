@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from advisor.documents import Plan, Trace, check_writable, load_document, write_document
+from advisor.documents import Plan, Trace, check_distinct, check_writable, load_document, write_document
 from advisor.errors import UserError
 from advisor.memory import itemised
 from advisor.profile import cpu_mode_threads
@@ -234,6 +234,8 @@ def run_plan(plan: Plan, device: torch.device, weights, ids: torch.Tensor, *, wa
 def cmd_execute(args) -> int:
     plan = load_document(Plan, args.plan)
     check_writable(args.output, getattr(args, "calibrate", None))
+    check_distinct({"the plan": args.plan, "--prompt-ids": getattr(args, "prompt_ids", None)},
+                   {"-o": args.output, "--calibrate": getattr(args, "calibrate", None)})
     device = choose_device(args.device)
     if plan.hardware.device_kind != device.type:
         # the run is still a numerics check, but its timings judge no profile of the plan's kind
@@ -256,6 +258,10 @@ def cmd_execute(args) -> int:
     tokenizer = load_tokenizer(folder, needed=getattr(args, "prompt", None) is not None)
     ids = prompt_ids(args, plan, tokenizer)
     check_machine(Capacity.of(run), device)
+    steps = plan.workload.decode_steps
+    if args.warmup_steps is not None and args.warmup_steps > max(steps - 1, 0):
+        warn(f"--warmup-steps {args.warmup_steps}: the plan has {steps} decode step(s); "
+             f"{max(steps - 1, 0)} are left out, so that one is measured")
     with Progress(quiet=False) as progress, cpu_mode_threads(device.type):
         trace, _ = run_plan(run, device, weights, ids, warmup_steps=args.warmup_steps, progress=progress,
                             fingerprint=plan.fingerprint(), measure_overhead=not args.no_timing_overhead)

@@ -241,3 +241,19 @@ def test_a_gpu_plan_run_on_the_cpu_warns_and_refuses_calibrating_before_the_run(
     assert "a cuda profile; this run is on cpu" in err and "--hardware cpu-generic" in err
     assert main(["compare", str(tmp_path / "gpu.json"), str(tmp_path / "m.json")]) == 2
     assert "a plan made with one" in capsys.readouterr().err
+
+
+def test_outputs_that_are_inputs_are_refused_and_a_clamped_warmup_is_said(tmp_path, capsys):
+    write_plan(tmp_path / "plan.json", load_model("tiny-opt"), gen=4, splits=4)
+    before = (tmp_path / "plan.json").read_text()
+    assert main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "plan.json"), "--device", "cpu"]) == 2
+    assert "would destroy" in capsys.readouterr().err and (tmp_path / "plan.json").read_text() == before
+    assert main(["execute", str(tmp_path / "plan.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu",
+                 "--no-timing-overhead", "--warmup-steps", "10"]) == 0
+    assert "--warmup-steps 10: the plan has 3 decode step(s); 2 are left out" in capsys.readouterr().err
+    assert load_document(Trace, tmp_path / "m.json").summary.warmup_steps_excluded == 2
+    measured = (tmp_path / "m.json").read_text()
+    for args in (["calibrate", str(tmp_path / "m.json"), "--hardware", "cpu-generic", "-o", str(tmp_path / "m.json")],
+                 ["compare", str(tmp_path / "plan.json"), str(tmp_path / "m.json"), "--chrome", str(tmp_path / "m.json")]):
+        assert main(args) == 2
+        assert "would destroy" in capsys.readouterr().err and (tmp_path / "m.json").read_text() == measured
