@@ -178,10 +178,11 @@ def describe(p: Plan) -> list[str]:
         f"split: {split_text}; {p.chunks} activation chunk(s) per layer",
     ]
     if pred:
+        decode = (f"decode step {_ms(pred.decode_step_s)}, {pred.decode_tokens_per_s:.1f} tokens/s"
+                  if wl.decode_steps else "decode step n/a (one new token: no decode step)")
         lines += [
             f"PCIe per decode step: {pred.pcie_bytes_per_step / 1e9:.3f} GB",
-            f"predicted TTFT {_ms(pred.ttft_s)}, decode step {_ms(pred.decode_step_s)}, "
-            f"{pred.decode_tokens_per_s:.1f} tokens/s",
+            f"predicted TTFT {_ms(pred.ttft_s)}, {decode}",
             f"memory: GPU {pred.gpu_memory_bytes / 1e9:.2f} GB of {p.hardware.gpu_memory_bytes / 1e9:.2f}; "
             f"host pinned {pred.host_pinned_bytes / 1e9:.2f} GB of {p.hardware.host_memory_bytes / 1e9:.2f}",
         ]

@@ -168,6 +168,7 @@ def test_a_single_new_token_has_no_step_to_compare_and_is_not_called_unfit(tmp_p
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "no decode steps (--gen-len 1)" in printed and "does not fit" not in printed
+    assert "decode step n/a" in printed and "0.0 tokens/s" not in printed
     plan = load_document(Plan, tmp_path / "plan.json")
     assert plan.splits == [] and plan.predicted.ttft_s > 0
 
