@@ -16,6 +16,7 @@ from advisor.documents import Plan, Trace, TraceRecord, load_document, write_doc
 from textual.widgets import Input, Select
 from tui.app import AdvisorApp, MeasuredScreen
 from tui.explore import Inputs
+from tui.widgets.chart import ChartData
 
 SIZE = (150, 45)
 DEFAULT_ARGS = ["--model", "opt-6.7b-8k", "--hardware", "h100-pcie5", "--batch", "32", "--prompt-len", "4096",
@@ -368,3 +369,229 @@ def test_a_best_batch_search_overtaken_by_new_inputs_sets_nothing(tmp_path, monk
             assert app.main.inputs.prompt_len == 1500
 
     run(scenario())
+
+
+# --- layout at common terminal sizes ---------------------------------------------------------
+
+VIEWS = ("#notice", "#figures", "#chart", "#timeline", "#status")
+
+
+def screen_text(app) -> str:
+    """The screen as the terminal would show it, one line per row."""
+    return "\n".join("".join(segment.text for segment in strip) for strip in app.screen._compositor.render_strips())
+
+
+async def reveal(pilot, widget):
+    """Scroll `widget` into view as a user would reach it (wheel, page keys); its screen region."""
+    widget.scroll_visible(animate=False, immediate=True)
+    await pilot.pause()
+    return widget.region
+
+
+def assert_figures_whole(figures) -> None:
+    """Every value on screen to its last character: wrapped under itself, never clipped or cut."""
+    width, height = figures.content_region.width, figures.content_region.height
+    lines = figures.lines(width)
+    assert lines and all(line.cell_len <= width for line in lines)
+    assert len(lines) <= height  # the panel is as tall as its lines
+    shown = " ".join(" ".join(line.plain.split()) for line in lines)
+    for label, value in figures.grid.rows:
+        assert " ".join(f"{label} {value.plain}".split()) in shown
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20), (100, 30), (120, 40), (150, 30)])
+def test_every_panel_is_reachable_and_whole_at_common_terminal_sizes(tmp_path, size):
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=size) as pilot:
+            await app.settled()
+            await pilot.pause()
+            await app.settled()
+            body = app.main.query_one("#body").region
+            chart = app.main.query_one("#chart")
+            assert app.focused is chart and body.contains_region(chart.region)  # the focus is in view
+            for selector in VIEWS:
+                widget = app.main.query_one(selector)
+                region = await reveal(pilot, widget)
+                least = 24 if selector == "#chart" else min(48, size[0] - 4)
+                assert body.contains_region(region) and region.width >= least, selector
+            assert_figures_whole(app.main.query_one("#figures"))
+            await reveal(pilot, app.main.query_one("#figures"))
+            text = screen_text(app)
+            assert "decode step       228.30 ms" in text and "TTFT              2,653.08 ms" in text
+            await reveal(pilot, chart)
+            assert "LP config" in chart.render().plain and "split" in chart.render().plain  # a chart, not a note
+            assert chart.content_region.width >= 24
+            timeline = app.main.query_one("#timeline")
+            assert timeline.drawn_width == timeline.content_size.width  # its lanes fit, uncut
+            # the inputs are reachable too, and a focused one is scrolled into view
+            split = app.main.query_one("#in-split", Input)
+            split.focus()
+            await pilot.pause()
+            await pilot.wait_for_scheduled_animations()
+            assert body.contains_region(split.region)
+
+    run(scenario())
+
+
+def test_a_long_refusal_is_shown_whole_on_a_small_screen(tmp_path):
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=(60, 20)) as pilot:
+            await app.settled()
+            app.main.query_one("#in-batch", Input).value = "4096"
+            app.main.query_one("#in-weights", Input).value = "1"
+            await pilot.pause()
+            await app.settled()
+            await pilot.pause()
+            notice = app.main.query_one("#notice")
+            assert "fits, all else equal)" in notice.text
+            width = notice.content_region.width
+            assert notice.get_content_height(notice.size, app.size, width) <= notice.content_region.height
+            assert app.main.query_one("#body").region.contains_region(await reveal(pilot, notice))
+
+    run(scenario())
+
+
+def test_predicted_vs_measured_panel_is_reachable_whole_at_120x40(tmp_path):
+    from tui.explore import Explorer
+
+    inputs = Inputs(gen_len=4)
+    measured = tmp_path / "measured.json"
+    fake_measured(Explorer().plan(inputs, None), measured, 1.25)
+
+    async def scenario():
+        app = AdvisorApp(inputs=inputs, measured_path=str(measured), export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=(120, 40)) as pilot:
+            await app.settled()
+            view = app.main.query_one("#measured")
+            assert len(view.rows) >= 4
+            region = await reveal(pilot, view)
+            assert app.main.query_one("#body").region.contains_region(region)
+            assert region.height >= view.get_content_height(view.size, app.size, view.content_region.width)
+            text = screen_text(app)
+            assert all(row.name in text for row in view.rows)
+
+    run(scenario())
+
+
+def test_default_size_keeps_the_side_by_side_layout(tmp_path):
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE):
+            await app.settled()
+            inputs, figures, chart = (app.main.query_one(s).region for s in ("#inputs", "#figures", "#chart"))
+            assert inputs.width == 36 and figures.width == 58 and figures.x == inputs.right
+            assert chart.x == figures.right and chart.y == figures.y and chart.height >= 25
+
+    run(scenario())
+
+
+# --- the chart -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("top", [4096, 128, 100_000, 7])
+def test_split_axis_labels_never_touch(top):
+    from tui.widgets.chart import tick_labels
+
+    expected = {str(round(top * i / 4)) for i in range(5)}
+    for width in range(1, 160):
+        line = "".join(tick_labels(top, width))
+        assert len(line) == width
+        labels = line.split()
+        assert set(labels) <= expected, (width, line)  # no two run together
+        if width >= len(str(top)) + 3:
+            assert labels[0] == "0" and labels[-1] == str(top)
+
+
+def test_chart_axis_at_a_narrow_plot_keeps_its_ends_and_drops_what_collides():
+    from tui.widgets.chart import SplitChart
+
+    chart = SplitChart()
+    chart.data = ChartData(top=4096)
+    for plot_w in range(8, 61):  # the plot's width in the panels of 80 to 150 columns, and more
+        axis = chart._axis(plot_w)[1].plain.split()
+        assert axis[0] == "split" and axis[1] == "0" and axis[-1] == "4096", plot_w
+        assert all(label in {"0", "1024", "2048", "3072", "4096"} for label in axis[1:]), (plot_w, axis)
+
+
+def test_chart_message_is_cleared_when_the_sweep_ends(tmp_path):
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE):
+            await app.settled()
+            data = app.main.chart_data
+            assert data.forced and "sweeping" not in data.message and not data.sweeping
+            assert "sweeping" not in app.main.query_one("#chart").render().plain
+            assert "best, split forced" in app.main.query_one("#chart").render().plain
+
+    run(scenario())
+
+
+# --- the split field agrees with the figures; simulated traces are not measured ones --------
+
+
+def test_best_batch_in_forced_mode_leaves_field_and_figures_agreeing(tmp_path):
+    async def scenario():
+        app = AdvisorApp(export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            await pilot.press("left_square_bracket", "right_square_bracket")  # forced, at 4096
+            assert shown(app)["mode"] == "forced" and shown(app)["split"] == 4096
+            await pilot.press("b")
+            for _ in range(3):
+                await app.settled()
+                await pilot.pause()
+            assert app.main.inputs.batch == 26 and not app.main.current.offload  # nothing to split
+            figures = app.main.query_one("#figures")
+            field = app.main.query_one("#in-split", Input).value
+            assert field == str(shown(app)["split"]) == "0"
+            text = " ".join(line.plain for line in figures.lines(200))
+            assert "forced 4096: no effect (nothing offloaded)" in text
+            app.main.query_one("#in-batch", Input).value = "32"  # offloading again: the forced split is back
+            await pilot.pause()
+            await app.settled()
+            assert shown(app)["split"] == 4096 and app.main.query_one("#in-split", Input).value == "4096"
+
+    run(scenario())
+
+
+def simulated_trace(path: Path, inputs: Inputs) -> Path:
+    import simulator
+    from tui.explore import Explorer
+
+    trace = simulator.simulate_plan(Explorer().plan(inputs, None))
+    assert trace.source == "simulated"
+    write_document(path, trace)
+    return path
+
+
+def test_a_simulated_trace_is_refused_as_a_measured_one(tmp_path, capsys):
+    inputs = Inputs(gen_len=4)
+    simulated = simulated_trace(tmp_path / "trace.json", inputs)
+
+    async def scenario():
+        app = AdvisorApp(inputs=inputs, export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            await pilot.press("m")
+            app.screen.query_one("#measured-path", Input).value = str(simulated)
+            await pilot.press("enter")
+            assert isinstance(app.screen, MeasuredScreen)  # stays open with the reason
+            error = str(app.screen.query_one("#measured-error").render())
+            assert "simulated trace" in error and "advisor execute" in error
+            await pilot.press("escape")
+            await app.settled()
+            assert app.main.measured is None and not app.main.query_one("#measured").display
+
+        app = AdvisorApp(inputs=inputs, measured_path=str(simulated), export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE):
+            await app.settled()
+            assert "--measured" in app.main.query_one("#notice").text
+            assert "simulated trace" in app.main.query_one("#notice").text
+            assert app.main.measured is None
+
+    run(scenario())
+    assert main(["tui", "--measured", str(simulated)]) == 2
+    err = capsys.readouterr().err
+    assert "simulated trace" in err and "Traceback" not in err

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable
+from typing import ClassVar, Iterable
 
 from rich.text import Text
 from textual import on, work
@@ -46,7 +46,18 @@ INPUT_DEBOUNCE_S = 0.25
 SIM_DEBOUNCE_S = 0.05
 AUTO = "auto"
 
+SPLIT_KEYS = Binding.Group("split ±1", compact=True)
+TENTH_KEYS = Binding.Group("±10%", compact=True)
+
 MODES = {"optimum": "LP optimum", "forced": "forced", "loaded": "loaded plan"}
+
+
+def not_measured(trace: Trace, where: str) -> str | None:
+    """Why `trace` cannot stand for a measured run (a simulated one: `advisor simulate`'s), or None."""
+    if trace.source == "measured":
+        return None
+    return (f"{where}: is a {trace.source} trace (source \"{trace.source}\", from `advisor simulate`), not a "
+            f"measured one: give a trace from `advisor execute`")
 
 
 class MeasuredScreen(ModalScreen[str | None]):
@@ -83,19 +94,34 @@ class MeasuredScreen(ModalScreen[str | None]):
         self.dismiss(None)
 
 
+class Scroll(VerticalScroll):
+    """A scrolling column that takes focus (for the arrow and page keys) only when it can scroll;
+    the keys reach it from a focused child too (the chart, the default focus, binds none)."""
+
+    def allow_focus(self) -> bool:
+        return self.max_scroll_y > 0
+
+
 def _row(label: str, widget) -> Horizontal:
     return Horizontal(Label(label, classes="input-label"), widget, classes="input-row")
 
 
 class MainScreen(Screen):
-    """Inputs on the left; notice, figures, chart, timeline and measured comparison on the right."""
+    """Inputs on the left; notice, figures, chart, timeline and measured comparison on the right,
+    scrolling when they do not fit; on a narrow screen, one scrolling column of them all."""
 
     AUTO_FOCUS = "#chart"
+    # app.tcss lays the screen out by its width: "-wide" as designed (inputs 36 columns, figures
+    # 58), "-medium" narrower panels, "-narrow" one scrolling column (the views, then the inputs),
+    # "-tiny" the figures above the chart
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-tiny"), (76, "-narrow"), (120, "-medium"), (140, "-wide")]
+    UPPER_MIN_HEIGHT = 17  # the figures and chart panel's least height (as #upper in app.tcss)
     BINDINGS = [
-        Binding("left_square_bracket", "move(-1)", "split −1", key_display="[", priority=True),
-        Binding("right_square_bracket", "move(1)", "split +1", key_display="]", priority=True),
-        Binding("left_curly_bracket", "move_tenth(-1)", "−10%", key_display="{", priority=True),
-        Binding("right_curly_bracket", "move_tenth(1)", "+10%", key_display="}", priority=True),
+        # each pair is one item in the footer ("[]" split ±1), so that more of them fit a narrow one
+        Binding("left_square_bracket", "move(-1)", "split −1", key_display="[", priority=True, group=SPLIT_KEYS),
+        Binding("right_square_bracket", "move(1)", "split +1", key_display="]", priority=True, group=SPLIT_KEYS),
+        Binding("left_curly_bracket", "move_tenth(-1)", "−10%", key_display="{", priority=True, group=TENTH_KEYS),
+        Binding("right_curly_bracket", "move_tenth(1)", "+10%", key_display="}", priority=True, group=TENTH_KEYS),
         Binding("o", "optimum", "LP optimum", priority=True),
         Binding("s", "toggle_schedule", "row/column", priority=True),
         Binding("b", "best_batch", "best batch", priority=True),
@@ -129,6 +155,7 @@ class MainScreen(Screen):
         self._gen = 0
         self._debounce = None
         self._solving = False
+        self._revealed = False
 
     # --- layout -------------------------------------------------------------------------------
 
@@ -141,7 +168,17 @@ class MainScreen(Screen):
             return "" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
         yield Header(show_clock=False, icon="≋")
-        with Horizontal(id="body"):
+        # the views come first: below the narrow breakpoint they stack above the inputs in one
+        # scrolling column; above it the inputs are docked on the left (app.tcss)
+        with Scroll(id="body"):
+            with Scroll(id="main"):
+                yield Notice(id="notice")
+                with Horizontal(id="upper"):
+                    yield Figures(id="figures")
+                    yield SplitChart(id="chart")
+                yield Timeline(id="timeline")
+                yield MeasuredView(id="measured")
+                yield Static("", id="status")
             with VerticalScroll(id="inputs"):
                 yield Label("Workload", classes="section")
                 yield _row("model", Select([(m, m) for m in models], value=inp.model, allow_blank=False,
@@ -171,14 +208,6 @@ class MainScreen(Screen):
                                   "b best batch   e export\n"
                                   "m measured   q quit\n"
                                   "ctrl+p: command palette", style="dim"), id="keys-help")
-            with Vertical(id="main"):
-                yield Notice(id="notice")
-                with Horizontal(id="upper"):
-                    yield Figures(id="figures")
-                    yield SplitChart(id="chart")
-                yield Timeline(id="timeline")
-                yield MeasuredView(id="measured")
-                yield Static("", id="status")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -189,6 +218,23 @@ class MainScreen(Screen):
         self._update_status()
         self.refresh_notice()
         self.solve()
+
+    @on(Figures.Reflowed)
+    def _figures_reflowed(self, event: Figures.Reflowed) -> None:
+        """The panel beside the chart grows with the figures (wrapped on a narrow screen)."""
+        upper = self.query_one("#upper")
+        height = max(self.UPPER_MIN_HEIGHT, event.height + 2)  # and the border
+        if upper.styles.min_height is None or upper.styles.min_height.value != height:
+            upper.styles.min_height = height
+        if not self._revealed and self.current is not None:
+            # the default focus (the chart) was scrolled into view before the first figures took
+            # their room: once more, now that they have
+            self._revealed = True
+            self.call_after_refresh(self._reveal_focus)
+
+    def _reveal_focus(self) -> None:
+        if self.focused is not None:
+            self.focused.scroll_visible(animate=False, immediate=True)
 
     # --- reading the inputs -------------------------------------------------------------------
 
@@ -332,16 +378,23 @@ class MainScreen(Screen):
         elif self.mode == "forced":  # the split moved while the worker solved
             self._build_forced()
         self.chart_data.optimum_split = self._optimum_split()
-        self.chart_data.message = ("no offloading needed: the whole KV cache fits on the GPU"
-                                   if optimum is not None and not optimum.offload
-                                   else "no plan" if optimum is None else "sweeping…")
+        self.chart_data.message = ("no plan" if optimum is None
+                                   else "no offloading needed: the whole KV cache fits on the GPU"
+                                   if not optimum.offload
+                                   else "no chart: the plan has no decode steps"
+                                   if not optimum.workload.decode_steps else "sweeping…")
         self._show_current()
 
     def _apply_curve(self, gen, curve, forced) -> None:
+        """The swept curve (forced None: the forced splits are still being solved), then the sweep's
+        end (forced: the forced splits' points)."""
         if gen != self._gen:
             return
         self.chart_data.curve = curve
         self.chart_data.forced = forced
+        self.chart_data.sweeping = curve is not None and forced is None
+        if curve is not None or forced is not None:
+            self.chart_data.message = ""
         self._refresh_chart()
 
     def _optimum_split(self) -> int | None:
@@ -377,12 +430,15 @@ class MainScreen(Screen):
         if p is None:
             figures.show(None, MODES[self.mode])
         else:
-            figures.show(p, MODES[self.mode], self._optimum_split())
+            figures.show(p, MODES[self.mode], self._optimum_split(),
+                         requested=self.split if self.mode == "forced" else None)
             if self.mode != "forced":
                 self.split = current_split(p)
         split_input = self.query_one("#in-split", Input)
         with self.prevent(Input.Changed):
-            split_input.value = str(self.split)
+            # the split the plan uses: a forced split has none when nothing is offloaded (the
+            # figures say so), and the forced one is kept for the next inputs
+            split_input.value = str(self.split if p is None else current_split(p))
         self.chart_data.current_split = self.split if p is None else current_split(p)
         self.chart_data.current_step_s = p.predicted.decode_step_s if p is not None and p.predicted else None
         self.chart_data.top = self.inputs.prompt_len
@@ -554,6 +610,9 @@ class MainScreen(Screen):
             trace = load_document(Trace, path)
         except UserError as error:
             return "; ".join(error.lines)
+        refused = not_measured(trace, path)
+        if refused:
+            return refused
         self.measured, self.measured_path = trace, path
         self.query_one("#measured").display = True
         self.query_one(MeasuredView).message("simulating the plan to compare…")
@@ -571,6 +630,10 @@ class MainScreen(Screen):
                 self.query_one(MeasuredView).message("no current plan to compare with")
             return
         self._sim_worker(plan, self.measured, self.query_one(Timeline).content_size.width or 100)
+
+    @on(Timeline.WidthChanged)
+    def _timeline_width_changed(self) -> None:
+        self.simulate()  # the lanes, drawn again for the new width (the worker debounces)
 
     @work(thread=True, exclusive=True, group="sim", exit_on_error=False)
     def _sim_worker(self, plan: Plan, measured: Trace | None, width: int) -> None:
@@ -598,7 +661,7 @@ class MainScreen(Screen):
             body, caption, waits, error = f"{type(exc).__name__}: {exc}", "timeline: the simulator failed", "", True
         if worker.is_cancelled:
             return
-        self._post(self.query_one(Timeline).show, body, caption, waits, error)
+        self._post(self.query_one(Timeline).show, body, caption, waits, error, width)
         if measured is None:
             return
         try:
@@ -642,6 +705,10 @@ class AdvisorApp(App):
                 measured = load_document(Trace, measured_path)
             except UserError as error:
                 errors += [f"--measured: {line}" for line in error.lines]
+        refused = not_measured(measured, measured_path or "the trace") if measured is not None else None
+        if refused:
+            errors.append(f"--measured: {refused}")
+            measured, measured_path = None, None
         if plan is not None and plan.predicted is None:  # a hand-made plan: figures from the cost model
             plan = plan.model_copy(update={"predicted": predict(plan)})
         if plan is not None:
@@ -694,6 +761,9 @@ def cmd_tui(args) -> int:
     """Load `--plan` and `--measured` first: a bad file is one clear line and exit 2, no screen."""
     plan = load_document(Plan, args.plan) if args.plan else None
     measured = load_document(Trace, args.measured) if args.measured else None
+    refused = not_measured(measured, args.measured) if measured is not None else None
+    if refused:
+        raise UserError(refused)
     app = AdvisorApp(plan=plan, plan_path=args.plan, measured=measured, measured_path=args.measured,
                      export_path=args.export)
     app.run()

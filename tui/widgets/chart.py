@@ -37,8 +37,9 @@ class ChartData:
     current_split: int | None = None
     current_step_s: float | None = None
     forced: list[tuple[int, float | None]] | None = None
-    message: str = ""
+    message: str = ""  # shown instead of the chart while there is no curve
     top: int = 0  # largest split
+    sweeping: bool = False  # the forced splits are still being solved
 
 
 class Canvas:
@@ -100,8 +101,10 @@ class SplitChart(Widget, can_focus=True):
     def render(self) -> Text:
         width, height = self.content_size.width, self.content_size.height
         d = self.data
-        if d.curve is None or width < AXIS_W + 10 or height < 7:
+        if d.curve is None:
             return Text(d.message or "no chart", style=DIM)
+        if width < AXIS_W + 10 or height < 7:
+            return Text(f"no room for the chart ({width}×{height}; it needs {AXIS_W + 10}×7)", style=DIM)
         plot_w = width - AXIS_W
         lines: list[Text] = self._legend(width)
         used = len(lines) + 2  # the legend, the axis line and its labels
@@ -129,6 +132,8 @@ class SplitChart(Widget, can_focus=True):
             items.append(("● ", CURRENT, f"current {d.current_split}"))
         if d.forced:
             items.append(("◆ ", FORCED, "best, split forced"))
+        elif d.sweeping:
+            items.append(("◆ ", DIM, "sweeping…"))
         lines, line = [], Text()
         for glyph, style, label in items:
             if line.cell_len and line.cell_len + len(glyph) + len(label) > width:
@@ -205,11 +210,21 @@ class SplitChart(Widget, can_focus=True):
                 marks[cx], styles[cx] = glyph, style
         for mark, style in zip(marks, styles):
             line.append(mark, style)
-        labels = [" "] * plot_w
-        ticks = 4
-        for i in range(ticks + 1):
-            value = str(round(d.top * i / ticks))
-            cx = min(plot_w - len(value), max(0, round(i / ticks * (plot_w - 1)) - len(value) // 2))
-            for j, ch in enumerate(value):
-                labels[cx + j] = ch
-        return [line, Text(f"{'split':>{AXIS_W - 2}}  " + "".join(labels), style=DIM)]
+        return [line, Text(f"{'split':>{AXIS_W - 2}}  " + "".join(tick_labels(d.top, plot_w)), style=DIM)]
+
+
+def tick_labels(top: int, width: int, ticks: int = 4) -> list[str]:
+    """The split axis's labels, one character per column: 0, top/ticks, …, top at their columns,
+    a space at least between two; the ends first, then each inner tick that still has room."""
+    cells = [" "] * width
+    taken: list[tuple[int, int]] = []  # [start, end) of each label placed
+    for i in [0, ticks] + list(range(1, ticks)):
+        value = str(round(top * i / ticks))
+        if len(value) > width:
+            continue
+        cx = min(width - len(value), max(0, round(i / ticks * (width - 1)) - len(value) // 2))
+        if any(cx < end + 1 and start < cx + len(value) + 1 for start, end in taken):
+            continue  # it would touch a label placed before
+        taken.append((cx, cx + len(value)))
+        cells[cx:cx + len(value)] = value
+    return cells

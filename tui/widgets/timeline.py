@@ -10,8 +10,10 @@ lane is busy for less than half the slice, and `·` where it is idle (red on the
 
 from __future__ import annotations
 
+from rich.console import Group
 from rich.style import Style
 from rich.text import Text
+from textual.message import Message
 from textual.widgets import Static
 
 from advisor.documents import Trace
@@ -84,18 +86,37 @@ def render_timeline(trace: Trace, step: int, first_layer: int, layers: int, widt
 
 
 class Timeline(Static):
+    """The caption (wrapped) above the lanes (drawn for `width` columns, cropped, never wrapped)
+    and their legend (wrapped); posts WidthChanged when its width no longer is the one they were drawn for."""
+
+    class WidthChanged(Message):
+        pass
+
     def __init__(self, **kwargs):
         super().__init__("", **kwargs)
         self.caption = ""
         self.waits = ""
+        self.drawn_width: int | None = None
 
-    def show(self, body: Text | str, caption: str, waits: str = "", error: bool = False) -> None:
-        self.caption, self.waits = caption, waits
-        text = Text()
-        text.append(caption, style="bold")
+    def show(self, body: Text | str, caption: str, waits: str = "", error: bool = False,
+             width: int | None = None) -> None:
+        self.caption, self.waits, self.drawn_width = caption, waits, width
+        head = Text()
+        head.append(caption, style="bold")
         if waits:
-            text.append("\n" + waits, style="yellow")
-        if body:
-            text.append("\n")
-            text.append_text(body if isinstance(body, Text) else Text(str(body), style="red" if error else ""))
-        self.update(text)
+            head.append("\n" + waits, style="yellow")
+        if not body:
+            self.update(head)
+        elif isinstance(body, Text):  # render_timeline's: the lanes, then the legend on its last line
+            *lanes, legend = body.split("\n")
+            grid = Text("\n", no_wrap=True, overflow="crop").join(lanes)
+            self.update(Group(head, grid, legend) if lanes else Group(head, legend))
+        else:
+            self.update(Group(head, Text(str(body), style="red" if error else "")))
+        if width is not None and self.content_size.width and self.content_size.width != width:
+            self.on_resize()  # laid out again while they were drawn
+
+    def on_resize(self) -> None:
+        if self.drawn_width is not None and self.content_size.width != self.drawn_width:
+            self.drawn_width = None
+            self.post_message(self.WidthChanged())
