@@ -190,6 +190,10 @@ def test_bad_plan_file_is_one_clear_line_and_exit_2(tmp_path, capsys):
     assert "advisor tui:" in err and "bad.json" in err and "Traceback" not in err
     assert main(["tui", "--plan", str(tmp_path / "missing.json")]) == 2
     assert "cannot read" in capsys.readouterr().err
+    measured = tmp_path / "measured.json"
+    measured.write_text("{}")
+    assert main(["tui", "--measured", str(measured), "--export", str(measured)]) == 2  # before any screen
+    assert "would destroy" in capsys.readouterr().err and measured.read_text() == "{}"
 
     async def scenario():  # constructed directly, the app shows it in the notice instead
         app = AdvisorApp(plan_path=str(bad), export_path=str(tmp_path / "plan.json"))

@@ -26,7 +26,7 @@ from textual.widgets import Button, Footer, Header, Input, Label, Select, Static
 from textual.worker import get_current_worker
 
 from advisor import shapes
-from advisor.documents import DTYPE_BYTES, Plan, Trace, load_document, write_document
+from advisor.documents import DTYPE_BYTES, Plan, Trace, check_distinct, load_document, write_document
 from advisor.errors import UserError
 from advisor.plans import default_dtype
 from advisor.planner_cli import best_batch_plan, with_largest_batch
@@ -759,6 +759,8 @@ class AdvisorApp(App):
 
 def cmd_tui(args) -> int:
     """Load `--plan` and `--measured` first: a bad file is one clear line and exit 2, no screen."""
+    # exporting over --plan edits that plan in place; over --measured it would destroy a measurement
+    check_distinct({"--measured": args.measured}, {"--export": args.export})
     plan = load_document(Plan, args.plan) if args.plan else None
     measured = load_document(Trace, args.measured) if args.measured else None
     refused = not_measured(measured, args.measured) if measured is not None else None
