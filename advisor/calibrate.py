@@ -170,8 +170,12 @@ class CopySample:
     seconds: float
     start_s: float
     end_s: float
-    overlap_s: float  # time the other direction was busy during this copy
     other_busy: np.ndarray | None = None  # the other direction's merged busy intervals
+
+    @property
+    def overlap_s(self) -> float:
+        """Time the other direction was busy during this copy."""
+        return self.shared_s(0.0)
 
     def shared_s(self, latency_s: float) -> float:
         """Time the other direction was busy while this copy moved bytes: after its latency, which
@@ -194,8 +198,7 @@ def copy_samples(runs: list[Run], overlapping: bool) -> list[CopySample]:
             if op.lane not in COPY_LANES or op.bytes <= 0 or seconds <= 0:
                 continue
             other = "d2h" if op.lane == "h2d" else "h2d"
-            overlap = _overlap(busy[other], record.start_s, record.end_s) if overlapping else 0.0
-            lanes[op.lane].append(CopySample(op.lane, op.bytes, seconds, record.start_s, record.end_s, overlap,
+            lanes[op.lane].append(CopySample(op.lane, op.bytes, seconds, record.start_s, record.end_s,
                                              busy[other] if overlapping else None))
         for lane in COPY_LANES:
             samples += lanes[lane]
@@ -619,8 +622,8 @@ def cmd_calibrate(args) -> int:
     from advisor.catalog import load_hardware
 
     check_writable(args.output)
-    check_distinct({"a measured trace": args.measured, "--hardware": args.hardware, "--plan": args.plan},
-                   {"-o": args.output})
+    # -o over --hardware refits that profile in place, as asked; over a trace or plan it destroys one
+    check_distinct({"a measured trace": args.measured, "--plan": args.plan}, {"-o": args.output})
     hw = load_hardware(args.hardware)
     runs = load_runs(args.measured, args.plan, hw)
     result = calibrate(hw, runs)

@@ -73,20 +73,41 @@ def rope_theta(cfg: dict) -> float:
     return float(params.get("rope_theta") or cfg.get("rope_theta") or 10000.0)
 
 
-def _unsupported_numerics(cfg: dict, kind: str | None) -> str | None:
-    """What in the config the backend would silently compute differently (it implements plain
-    rope, full causal attention, unquantized weights, ReLU OPT and SwiGLU Llama), or None."""
+def read_hf_config(folder: Path) -> dict:
+    """A Hugging Face checkpoint folder's config.json."""
+    config_path = folder / "config.json"
+    try:
+        return json.loads(config_path.read_text())
+    except OSError:
+        raise UserError(f"{folder}: no config.json: not a Hugging Face checkpoint folder") from None
+    except json.JSONDecodeError as error:
+        raise UserError(f"{config_path}: not JSON: {error.msg}") from None
+
+
+def _quantized(cfg: dict) -> str | None:
+    """A quantized checkpoint: its weight bytes are not those of its dtype (planning would count
+    them wrong) and the backend does not dequantize."""
+    quantized = cfg.get("quantization_config")
+    if not quantized:
+        return None
+    method = quantized.get("quant_method") if isinstance(quantized, dict) else None
+    return f"a quantized checkpoint ({method or 'quantization_config'})"
+
+
+def unsupported_numerics(cfg: dict, context: int) -> str | None:
+    """What in the config the backend would silently compute differently over `context` positions
+    (it implements plain rope, full causal attention, unquantized weights, ReLU OPT and SwiGLU
+    Llama), or None. Planning needs only the shapes: it checks none of this but quantization."""
+    kind = cfg.get("model_type")
     for rope in (cfg.get("rope_parameters") or {}, cfg.get("rope_scaling") or {}):
         scaling = rope.get("rope_type") or rope.get("type")  # transformers 5 / 4.x / older configs
         if scaling not in (None, "default"):
             return f"rope scaling {scaling!r}"
-    window, positions = cfg.get("sliding_window"), cfg.get("max_position_embeddings")
-    if window is not None and positions is not None and window < positions:
-        return f"sliding-window attention (sliding_window {window} < max_position_embeddings {positions})"
-    quantized = cfg.get("quantization_config")
-    if quantized:
-        method = quantized.get("quant_method") if isinstance(quantized, dict) else None
-        return f"a quantized checkpoint ({method or 'quantization_config'})"
+    window = cfg.get("sliding_window")
+    if window is not None and window < context:  # within the window full attention is the same
+        return f"sliding-window attention over {context} positions (sliding_window {window})"
+    if _quantized(cfg):
+        return _quantized(cfg)
     if kind in ("llama", "mistral") and cfg.get("mlp_bias"):
         return "Llama with MLP biases"
     if kind in ("opt", "llama", "mistral"):
@@ -99,19 +120,13 @@ def _unsupported_numerics(cfg: dict, kind: str | None) -> str | None:
 def model_from_hf_config(folder: Path) -> ModelSpec:
     """A ModelSpec from a Hugging Face checkpoint folder's config.json (OPT and Llama families)."""
     config_path = folder / "config.json"
-    try:
-        cfg = json.loads(config_path.read_text())
-    except OSError:
-        raise UserError(f"{folder}: no config.json: not a Hugging Face checkpoint folder") from None
-    except json.JSONDecodeError as error:
-        raise UserError(f"{config_path}: not JSON: {error.msg}") from None
+    cfg = read_hf_config(folder)
     kind = cfg.get("model_type")
     dtype = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}.get(
         str(cfg.get("torch_dtype") or cfg.get("dtype") or "float16"), "fp16")
     where = str(config_path)
-    unsupported = _unsupported_numerics(cfg, kind)
-    if unsupported:
-        raise UserError(f"{where}: {unsupported} is not supported")
+    if _quantized(cfg):
+        raise UserError(f"{where}: {_quantized(cfg)} is not supported")
     try:
         if kind == "opt":
             if not cfg.get("do_layer_norm_before", True) or cfg.get("word_embed_proj_dim", cfg["hidden_size"]) != cfg["hidden_size"]:

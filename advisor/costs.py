@@ -140,6 +140,12 @@ def sample_time(setup: Setup) -> float:
     return setup.workload.gpu_batches * one
 
 
+def in_sequence(weights, unit, gpu_batches: int, column: bool):
+    """A layer whose parts run one after another (the paper's form, or lanes that do not overlap):
+    its weights load once for all GPU batches in the column schedule, once per batch in the row one."""
+    return weights + gpu_batches * unit if column else gpu_batches * (weights + unit)
+
+
 def layer_sums(setup: Setup, t: LayerTimes, offloaded_only: bool | None = None):
     """(Σ over layers of each layer's steady-state cost, Σ of their GPU time).
 
@@ -159,10 +165,9 @@ def layer_sums(setup: Setup, t: LayerTimes, offloaded_only: bool | None = None):
             h2d, gpu, d2h = 0.0, t.gpu_resident, 0.0
         if setup.variant == "paper":
             unit = t.act + np.maximum(t.recompute, t.kv) + t.gpu_fixed if offloaded else t.gpu_resident
-            layer = w + G * unit if column else G * (w + unit)
+            layer = in_sequence(w, unit, G, column)
         elif serial:
-            unit = h2d + gpu + d2h
-            layer = w + G * unit if column else G * (w + unit)
+            layer = in_sequence(w, h2d + gpu + d2h, G, column)
         elif column:
             layer = np.maximum(np.maximum(w + G * h2d, G * gpu), G * d2h)
         else:

@@ -450,10 +450,16 @@ def _remove_folders(made: list[Path]) -> None:
 def _temp_beside(path: Path) -> tuple[int, str, list[Path]]:
     """A new temporary file in `path`'s folder, where `path` will be renamed from, and the folders
     made for it (deepest first): the caller removes them if the write fails."""
-    made = _missing_folders(path.parent)
+    made: list[Path] = []
     try:
-        for folder in reversed(made):
-            folder.mkdir()
+        for folder in reversed(_missing_folders(path.parent)):
+            try:
+                folder.mkdir()
+            except FileExistsError:  # `new/..`: missing until `new` was made
+                if not folder.is_dir():
+                    raise
+                continue
+            made.insert(0, folder)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     except BaseException:
         _remove_folders(made)
@@ -553,7 +559,8 @@ def check_distinct(inputs: dict[str, PathArg | list[PathArg] | tuple[PathArg, ..
     shipped profile's name) and paths that are not regular files (`/dev/null`, a pipe). Paths are
     the same when `os.path.samefile` says so (links, `./x`, hard links), or, for an output not
     written yet, when they resolve to the same path."""
-    given_inputs = [(what, path) for what, path in _named_paths(inputs) if path.is_file()]
+    # os.path.isfile, not Path.is_file: inline JSON (`--prompt-ids '[…]'`) can be too long a name
+    given_inputs = [(what, path) for what, path in _named_paths(inputs) if os.path.isfile(path)]
     given_outputs = _named_paths(outputs)
     for i, (what, out) in enumerate(given_outputs):
         if not _regular_target(out):

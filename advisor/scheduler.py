@@ -24,7 +24,7 @@ import numpy as np
 import pulp
 
 from advisor import memory, shapes
-from advisor.costs import (Setup, layer_sums, layer_times, pcie_bytes_per_step, recompute_time, sample_time,
+from advisor.costs import (Setup, in_sequence, layer_sums, layer_times, pcie_bytes_per_step, recompute_time, sample_time,
                            step_times, sweep, ttft)
 from advisor.documents import DTYPE_BYTES, HardwareProfile, ModelSpec, Plan, Predicted, Workload
 from advisor.errors import UserError
@@ -167,11 +167,9 @@ class LinearModel:
         for count, streamed in self.classes:
             w = self.weights if streamed else 0.0
             if self.setup.variant == "paper":
-                unit = act + max(rec, kv) + self.gpu_fixed[t]
-                layer = w + self.G * unit if self.column else self.G * (w + unit)
+                layer = in_sequence(w, act + max(rec, kv) + self.gpu_fixed[t], self.G, self.column)
             elif self.serial:
-                unit = act + kv + gpu + self.store[t]
-                layer = w + self.G * unit if self.column else self.G * (w + unit)
+                layer = in_sequence(w, act + kv + gpu + self.store[t], self.G, self.column)
             elif self.column:
                 layer = max(w + self.G * (act + kv), self.G * gpu, self.G * self.store[t])
             else:
@@ -267,15 +265,13 @@ class LinearModel:
                             U = prob.add_variable(f"U{t}_{c}")
                             prob += U >= rec
                             prob += U >= kv
-                        unit = act + U + fixed
-                        objective.append(count * (w + self.G * unit if self.column else self.G * (w + unit)))
+                        objective.append(count * in_sequence(w, act + U + fixed, self.G, self.column))
                     objective.append(US * (float(self.resident_total[t]) + self.sample))
                     continue
                 if self.serial:
                     for count, streamed in self.classes:
                         w = US * self.weights if streamed else 0.0
-                        unit = act + kv + fixed + rec + store
-                        objective.append(count * (w + self.G * unit if self.column else self.G * (w + unit)))
+                        objective.append(count * in_sequence(w, act + kv + fixed + rec + store, self.G, self.column))
                     objective.append(US * (float(self.resident_total[t]) + self.sample))
                     continue
 
@@ -418,9 +414,9 @@ def _host_need(setup: Setup, grid: np.ndarray) -> np.ndarray:
     (none without a decode step: `plans.store_policy`)."""
     wl = setup.workload
     act_tokens, kv_from = (grid, grid) if wl.decode_steps else (0, wl.stored_tokens)
-    return (memory.host_weight_bytes(setup.model, setup.p, setup.weights_gpu_layers)
-            + memory.host_store_bytes(setup.model, wl, setup.p, setup.offloaded_layers, act_tokens, kv_from)
-            + np.zeros(len(grid)))
+    need = (memory.host_weight_bytes(setup.model, setup.p, setup.weights_gpu_layers)
+            + memory.host_store_bytes(setup.model, wl, setup.p, setup.offloaded_layers, act_tokens, kv_from))
+    return np.broadcast_to(need, np.shape(grid))
 
 
 def _score(req: Request, setup: Setup, reasons: list[str]) -> Candidate | None:
@@ -735,9 +731,7 @@ def _finish(req: Request, setup: Setup, splits: list[int], notes: list[str], sol
     )
     draft.predicted = predict(draft, req)
     if draft.predicted.baseline_step_s is not None:
-        wl = setup.workload
-        full_transfer = (memory.host_weight_bytes(setup.model, setup.p, setup.weights_gpu_layers)
-                         + memory.host_store_bytes(setup.model, wl, setup.p, setup.offloaded_layers, 0, 0))
+        full_transfer = float(_host_need(setup, np.array([0]))[0])
         if full_transfer > memory.host_limit(setup.hw):
             draft.notes.append(
                 f"full transfer (split 0) would need {memory.gib(full_transfer)} of pinned host memory, more than "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from advisor.catalog import model_from_hf_config
+from advisor.catalog import model_from_hf_config, read_hf_config, unsupported_numerics
 from advisor.documents import ModelSpec
 from advisor.errors import UserError
 from backend.model import OPT_POSITION_OFFSET, GlobalWeights, LayerLayout, LayerWeights
@@ -25,12 +25,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def checkpoint_spec(plan_model: ModelSpec, folder: Path) -> ModelSpec:
+def checkpoint_spec(plan_model: ModelSpec, folder: Path, context: int) -> ModelSpec:
     """The plan's model with the checkpoint's numerics (rope θ, norm ε, biases), after checking
-    that the checkpoint's config (read by `advisor.catalog`) has the plan's shapes."""
+    that the checkpoint's config (read by `advisor.catalog`) has the plan's shapes and nothing the
+    decoder would compute differently over the plan's `context` positions."""
     folder = Path(folder)
     found = model_from_hf_config(folder)
     where = str(folder / "config.json")
+    unsupported = unsupported_numerics(read_hf_config(folder), context)
+    if unsupported:
+        raise UserError(f"{where}: {unsupported} is not supported")
     keys = ("family", "num_layers", "hidden", "num_heads", "num_kv_heads", "head_dim", "ffn_hidden", "vocab_size")
     wrong = [f"{key} is {getattr(found, key)}, the plan's model has {getattr(plan_model, key)}"
              for key in keys if getattr(found, key) != getattr(plan_model, key)]

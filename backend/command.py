@@ -250,7 +250,7 @@ def cmd_execute(args) -> int:
     if folder is not None:
         if not folder.is_dir():
             raise UserError(f"--checkpoint {folder}: not a folder")
-        run = plan.model_copy(update={"model": checkpoint_spec(plan.model, folder)})
+        run = plan.model_copy(update={"model": checkpoint_spec(plan.model, folder, plan.workload.max_context)})
         weights = HFWeights.from_folder(folder)
     else:
         weights = RandomWeights(args.seed)
@@ -259,7 +259,7 @@ def cmd_execute(args) -> int:
     ids = prompt_ids(args, plan, tokenizer)
     check_machine(Capacity.of(run), device)
     steps = plan.workload.decode_steps
-    if args.warmup_steps is not None and args.warmup_steps > max(steps - 1, 0):
+    if steps and args.warmup_steps is not None and args.warmup_steps > steps - 1:
         warn(f"--warmup-steps {args.warmup_steps}: the plan has {steps} decode step(s); "
              f"{max(steps - 1, 0)} are left out, so that one is measured")
     with Progress(quiet=False) as progress, cpu_mode_threads(device.type):

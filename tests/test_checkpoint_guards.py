@@ -88,10 +88,14 @@ def test_a_config_the_backend_would_compute_differently_is_refused(checkpoint, t
     refused(capsys, message)
 
 
-@pytest.mark.parametrize("window", [None, 256, 4096])
-def test_a_sliding_window_that_never_slides_is_accepted(checkpoint, window):
+@pytest.mark.parametrize("window", [None, 10, 256])
+def test_a_sliding_window_that_never_slides_is_accepted(checkpoint, tmp_path, window):
+    """The plan's 10 positions (prompt 8, 3 new tokens) fit in the window: full attention is the
+    same. Planning reads only shapes: a window of 4 plans (Mistral-7B-v0.1's 4096 of 32768)."""
     folder = checkpoint("tiny-llama")
     edit_config(folder, model_type="mistral", sliding_window=window)
+    assert execute(tmp_path, folder, "--prompt-ids", IDS) == 0
+    edit_config(folder, sliding_window=4)
     assert load_model(str(folder)).family == "llama"
     assert load_model("mistral-7b").max_positions == 32768  # the shipped planning profile is unaffected
 
@@ -201,6 +205,6 @@ def test_one_new_token_has_no_decode_step_to_report(tmp_path, capsys):
 def test_load_model_refuses_with_a_user_error(checkpoint):
     """`advisor plan --model FOLDER` reads the same config: the refusal is the same one line."""
     folder = checkpoint("tiny-llama")
-    edit_config(folder, rope_scaling={"type": "linear", "factor": 2.0})
-    with pytest.raises(UserError, match="rope scaling 'linear' is not supported"):
+    edit_config(folder, quantization_config={"quant_method": "awq"})
+    with pytest.raises(UserError, match="quantized checkpoint"):
         load_model(str(folder))

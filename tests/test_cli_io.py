@@ -245,3 +245,23 @@ def test_check_distinct_takes_lists_of_inputs(tmp_path):
     with pytest.raises(UserError, match=r"^-o .*b\.json: the same file as a measured trace .*b\.json; "):
         check_distinct({"a measured trace": [str(tmp_path / "a.json"), str(tmp_path / "b.json")]},
                        {"-o": tmp_path / "b.json"})
+
+
+def test_an_output_through_a_missing_folder_and_back_is_written(tmp_path, capsys):
+    """`-o new/../t.json`: `new/..` is missing until `new` is made; the write must not fail after the
+    work (it said "File exists")."""
+    write_plan(tmp_path / "p.json")
+    assert main(["simulate", str(tmp_path / "p.json"), "-o", str(tmp_path / "new" / ".." / "t.json")]) == 0
+    assert (tmp_path / "t.json").is_file()
+    capsys.readouterr()
+
+
+def test_inline_prompt_ids_longer_than_a_file_name_are_ids_not_a_crash(tmp_path, capsys):
+    """check_distinct looks whether each input is a file; a 300-character JSON list is too long a
+    name for the OS, which raised instead of answering no."""
+    write_plan(tmp_path / "p.json", gen=2, splits=0)
+    padded = json.dumps([[i % 50 for i in range(16)]] * 2).replace(",", ",        ")  # batch 2, prompt 16
+    assert len(padded) > 300
+    assert main(["execute", str(tmp_path / "p.json"), "-o", str(tmp_path / "m.json"), "--device", "cpu",
+                 "--no-timing-overhead", "--prompt-ids", padded]) == 0
+    capsys.readouterr()

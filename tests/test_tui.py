@@ -599,3 +599,27 @@ def test_a_simulated_trace_is_refused_as_a_measured_one(tmp_path, capsys):
     assert main(["tui", "--measured", str(simulated)]) == 2
     err = capsys.readouterr().err
     assert "simulated trace" in err and "Traceback" not in err
+
+
+def test_export_never_writes_over_a_measured_trace_loaded_with_m(tmp_path):
+    inputs = Inputs(gen_len=4)
+    measured = simulated_trace(tmp_path / "measured.json", inputs)
+    trace = load_document(Trace, measured)
+    write_document(measured, trace.model_copy(update={"source": "measured", "device": "cuda"}))
+    before = measured.read_text()
+
+    async def scenario():
+        app = AdvisorApp(inputs=inputs, export_path=str(measured))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            await pilot.press("m")
+            app.screen.query_one("#measured-path", Input).value = str(measured)
+            await pilot.press("enter")
+            await app.settled()
+            assert app.main.measured is not None
+            await pilot.press("e")
+            await app.settled()
+            assert "would destroy" in app.main.query_one("#notice").text
+
+    run(scenario())
+    assert measured.read_text() == before

@@ -589,9 +589,13 @@ class MainScreen(Screen):
             self.action_note = ("error", f"nothing to export: {self.current_error or 'no plan yet'}")
         else:
             try:
+                # the measured trace may have been loaded with `m` since start-up
+                check_distinct({"the measured trace": self.measured_path}, {"--export": self.export_path})
                 write_document(self.export_path, self.current)
                 self.action_note = ("ok", f"exported the plan (split {current_split(self.current)}, "
                                           f"{MODES[self.mode]}) to {Path(self.export_path).resolve()}")
+            except UserError as error:
+                self.action_note = ("error", "; ".join(error.lines))
             except OSError as error:
                 self.action_note = ("error", f"{self.export_path}: cannot write: {error.strerror or error}")
         self.refresh_notice()

@@ -97,10 +97,6 @@ class Figures(Widget):
     def render(self) -> Text:
         return Text("\n", no_wrap=True, overflow="crop").join(self.lines(self.content_size.width))
 
-    def get_content_width(self, container, viewport) -> int:
-        lines = [self.placeholder] if self.placeholder is not None else self.grid.lines(10_000)
-        return max((line.cell_len for line in lines), default=0)
-
     def get_content_height(self, container, viewport, width: int) -> int:
         return len(self.lines(width))
 
