@@ -37,6 +37,7 @@ US = 1e6  # the MILP counts microseconds: solver tolerances (1e-7) are then negl
 SCREEN_SPLITS = 33
 WIDEN_ROUNDS = 4  # at most this many re-solves with windows widened (each doubles a pressed one)
 CHUNK_CHOICES = (1, 2, 4, 8)
+MAX_GPU_BATCHES = {"row": 8, "column": 32}  # GPU batch counts tried: the batch's divisors up to this
 
 
 @dataclass
@@ -63,6 +64,15 @@ class Request:
         if objective is None:
             objective = "throughput" if schedule == "column" else "latency"
         return replace(self, schedule=schedule, objective=objective, dtype=self.dtype or default_dtype(self.model, self.hardware))
+
+
+@dataclass(frozen=True)
+class Miss:
+    """Why one configuration does not fit: the memory that binds, how much it needed, in words."""
+
+    memory: str  # "GPU" or "host"
+    need_bytes: float
+    text: str
 
 
 @dataclass
@@ -382,11 +392,12 @@ def _weight_choices(req: Request) -> list[int]:
 
 
 def _batch_choices(req: Request) -> list[int]:
+    """GPU batch counts to try: every divisor of the batch up to the schedule's limit. More GPU
+    batches shrink the per-batch buffers and prefill workspace, which can leave room for more weights
+    or KV on the GPU (batch 117 as 3 GPU batches of 39 kept all of Llama-2-7B's weights on a T4)."""
     if req.gpu_batches is not None:
         return [req.gpu_batches]
-    if req.schedule == "row":
-        return [1]
-    return [g for g in (1, 2, 4, 8, 16, 32) if req.batch % g == 0]
+    return [g for g in range(1, MAX_GPU_BATCHES[req.schedule] + 1) if req.batch % g == 0]
 
 
 def _workload(req: Request, gpu_batches: int) -> Workload:
@@ -419,7 +430,7 @@ def _host_need(setup: Setup, grid: np.ndarray) -> np.ndarray:
     return np.broadcast_to(need, np.shape(grid))
 
 
-def _score(req: Request, setup: Setup, reasons: list[str]) -> Candidate | None:
+def _score(req: Request, setup: Setup, reasons: list[Miss]) -> Candidate | None:
     """The candidate's best cost over a grid of splits, or None when the host store cannot fit."""
     grid = _split_grid(req, setup)
     host_ok = _host_fits(req, setup, grid, reasons)
@@ -433,7 +444,7 @@ def _score(req: Request, setup: Setup, reasons: list[str]) -> Candidate | None:
 
 
 def _setup_for(req: Request, wl: Workload, p: int, weights_gpu_layers: int, chunks: int,
-               reasons: list[str]) -> Setup | None:
+               reasons: list[Miss]) -> Setup | None:
     """The configuration with these weights on the GPU and as much KV resident as fits, or None
     (with the reason) when not even the buffers fit beside the weights."""
     model, hw, nw = req.model, req.hardware, weights_gpu_layers
@@ -441,35 +452,36 @@ def _setup_for(req: Request, wl: Workload, p: int, weights_gpu_layers: int, chun
     if resident < 0:
         need = memory.gpu_memory(model, hw, wl, p, nw, 0, True)
         items = memory.itemised({**need.items(), "reserve": need.reserved})
-        reasons.append(
+        reasons.append(Miss("GPU", need.total,
             f"GPU memory: {nw} layers of weights on the GPU and {wl.gpu_batches} GPU batch(es) need "
-            f"{memory.gib(need.total)} with no KV resident ({items}); the GPU has {memory.gib(hw.gpu_memory_bytes)}")
+            f"{memory.gib(need.total)} with no KV resident ({items}); the GPU has {memory.gib(hw.gpu_memory_bytes)}"))
         return None
     offload = resident < model.num_layers
     return Setup(model, hw, wl, p, req.schedule, chunks if offload else 1, nw, resident, offload, req.cost_model)
 
 
-def _host_fits(req: Request, setup: Setup, grid: np.ndarray, reasons: list[str]) -> np.ndarray:
+def _host_fits(req: Request, setup: Setup, grid: np.ndarray, reasons: list[Miss]) -> np.ndarray:
     """Per split of the grid, whether host memory holds it; the reason when none does."""
     host, limit, hw = _host_need(setup, grid), memory.host_limit(req.hardware), req.hardware
     fits = host <= limit
     if not fits.any():
-        reasons.append(f"host memory: the pinned store and streamed weights need at least {memory.gib(host.min())}; "
-                       f"the host allows {memory.gib(limit)} (90% of {memory.gib(hw.host_memory_bytes)})")
+        reasons.append(Miss("host", float(host.min()),
+                            f"host memory: the pinned store and streamed weights need at least {memory.gib(host.min())}; "
+                            f"the host allows {memory.gib(limit)} (90% of {memory.gib(hw.host_memory_bytes)})"))
     return fits
 
 
-def _fits(req: Request, setup: Setup | None, reasons: list[str]) -> bool:
+def _fits(req: Request, setup: Setup | None, reasons: list[Miss]) -> bool:
     """Whether a configuration fits GPU and host memory for some split (no cost model: cheap)."""
     return setup is not None and bool(_host_fits(req, setup, _split_grid(req, setup), reasons).any())
 
 
-def _fitting_placements(req: Request, wl: Workload, p: int, placements, chunks: int, reasons: list[str]):
+def _fitting_placements(req: Request, wl: Workload, p: int, placements, chunks: int, reasons: list[Miss]):
     """The weight placements (layers on the GPU) among `placements` that fit both memories, in order."""
     return (nw for nw in placements if _fits(req, _setup_for(req, wl, p, nw, chunks, reasons), reasons))
 
 
-def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
+def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[Miss]]:
     """Feasible discrete choices, scored by the cost model over a grid of splits.
 
     GPU batches and weight placement are screened at the middle chunk count; the chunk count is
@@ -477,16 +489,16 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
     """
     p = DTYPE_BYTES[req.dtype]
     model, hw = req.model, req.hardware
-    reasons: list[str] = []
+    reasons: list[Miss] = []
     candidates: list[Candidate] = []
     chunk_choices = [req.chunks] if req.chunks else list(CHUNK_CHOICES)
     screen_chunks = chunk_choices[len(chunk_choices) // 2]
     for G in _batch_choices(req):
         wl = _workload(req, G)
         scored: dict[int, Candidate | None] = {}
-        batch_reasons: list[str] = []
+        batch_reasons: list[Miss] = []
 
-        def score(nw: int, reasons_to: list[str]) -> Candidate | None:
+        def score(nw: int, reasons_to: list[Miss]) -> Candidate | None:
             if nw not in scored:
                 setup = _setup_for(req, wl, p, nw, screen_chunks, reasons_to)
                 scored[nw] = _score(req, setup, reasons_to) if setup else None
@@ -500,10 +512,15 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[str]]:
             # its top (the least weight streaming) is scored too, and where no screened placement
             # fits, both its ends (with the reasons of every placement, for the refusal)
             fitted = any(scored.values())
-            scan_reasons: list[str] = []
+            scan_reasons: list[Miss] = []
             fits = _fitting_placements(req, wl, p, range(model.num_layers, -1, -1), screen_chunks, scan_reasons)
             top = next(fits, None)
             ends = {top} if fitted else {top, min(fits, default=top)}
+            # and the most weights that leave room for the whole KV cache: below it the cost falls
+            # again, no KV crossing PCIe at all (a second tooth the steps below cannot climb over)
+            if top is not None:
+                ends.add(next((nw for nw in range(top, -1, -1) if memory.max_resident_kv_layers(
+                    model, hw, wl, p, nw, req.gpu_kv_budget_bytes) >= model.num_layers), None))
             for nw in sorted(ends - {None}, reverse=True):
                 score(nw, [])
             if not fitted:
@@ -647,15 +664,14 @@ def plan(req: Request) -> Plan:
     return _finish(req, best.setup, splits, notes, solve_s=solution.solve_s)
 
 
-def why_nothing_fits(req: Request, reasons: list[str]) -> str:
-    """The nearest miss of each memory that binds, and advice that would help with it.
-
-    Weight placements are tried from all layers on the GPU to none, so the last GPU-memory reason
-    needs the least GPU memory and the first host-memory reason the least host memory (streamed
-    weights live in host memory: moving weights off the GPU trades one for the other)."""
-    gpu = [r for r in reasons if r.startswith("GPU memory")]
-    host = [r for r in reasons if r.startswith("host memory")]
-    shown = ([gpu[-1]] if gpu else []) + ([host[0]] if host else []) or ["no configuration fits"]
+def why_nothing_fits(req: Request, reasons: list[Miss]) -> str:
+    """The nearest miss of each memory that binds (the configuration that needed the least of it),
+    and advice that would help with it. Streamed weights live in host memory: moving weights off the
+    GPU trades one for the other, so both can bind, at different placements."""
+    gpu = [r for r in reasons if r.memory == "GPU"]
+    host = [r for r in reasons if r.memory == "host"]
+    shown = [min(misses, key=lambda r: r.need_bytes).text for misses in (gpu, host) if misses] \
+        or ["no configuration fits"]
     smallest = batch_unit(req) if req.gpu_batches else 1
     advice = ["lower --batch, --prompt-len or --gen-len" if req.batch > smallest else "lower --prompt-len or --gen-len"]
     forced = req.weights_on_gpu
@@ -687,11 +703,10 @@ def fits_somehow(req: Request) -> bool:
 
 
 def batch_unit(req: Request) -> int:
-    """A batch step over which fitting is monotone: every GPU batch count the planner may use
-    divides its multiples (a forced count, or all of 1..32 in the column schedule)."""
-    if req.gpu_batches:
-        return req.gpu_batches
-    return max(_batch_choices(replace(req, batch=32))) if req.schedule == "column" else 1
+    """A batch step over which fitting is monotone: the largest GPU batch count the planner may use
+    (a forced count, or the schedule's limit). Its multiples can always be split that finely, into
+    GPU batches no larger than any split of the next multiple up allows."""
+    return req.gpu_batches or MAX_GPU_BATCHES[req.schedule]
 
 
 def largest_batch_that_fits(req: Request) -> int | None:

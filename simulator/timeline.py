@@ -57,17 +57,25 @@ class StepWindow:
         return kind, busy
 
 
+def shown_batch(plan: Plan) -> int | None:
+    """The GPU batch a picture of one step shows: in the row schedule with several, the first (they
+    run one after another, each through every step, so one step of all of them spans the run);
+    None (all of them) otherwise."""
+    return 0 if plan.schedule == "row" and plan.workload.gpu_batches > 1 else None
+
+
 def step_window(trace: Trace, step: int, first_layer: int, layers: int, width: int,
-                from_first_gpu_op: bool = False) -> StepWindow | None:
-    """Lay out step `step`'s layers [first_layer, first_layer + layers) (None if it has none).
+                from_first_gpu_op: bool = False, batch: int | None = None) -> StepWindow | None:
+    """Lay out step `step`'s layers [first_layer, first_layer + layers) (None if it has none), of
+    GPU batch `batch` (all when None).
 
     The window runs from the chosen operations' first start (or, with `from_first_gpu_op`, their
     first GPU operation: their loads may start long before, behind the previous step's) to their
     last end; every record overlapping it is drawn."""
     chosen = []
     for r in trace.records:
-        s, layer, _, _, _ = parse_op_id(r.id)
-        if s == step and first_layer <= layer < first_layer + layers:
+        s, layer, b, _, _ = parse_op_id(r.id)
+        if s == step and first_layer <= layer < first_layer + layers and batch in (None, b):
             chosen.append(r)
     if not chosen:
         return None
@@ -109,10 +117,14 @@ def step_window(trace: Trace, step: int, first_layer: int, layers: int, width: i
 
 def text_timeline(plan: Plan, trace: Trace, step: int, layers: int = 4, width: int = 96,
                   first_layer: int = 0) -> str:
-    """Lanes over the time of `step`'s layers from `first_layer` (all GPU batches; PREFILL for prefill)."""
+    """Lanes over the time of `step`'s layers from `first_layer` (PREFILL for prefill), of the GPU
+    batch `shown_batch` picks."""
     layers = max(1, min(layers, plan.model.num_layers - first_layer))
+    batch = shown_batch(plan)
     step_name = "prefill" if step == PREFILL else f"decode step {step}"
-    window = step_window(trace, step, first_layer, layers, width)
+    if batch is not None:
+        step_name += f" of GPU batch {batch} (of {plan.workload.gpu_batches}, run one after another)"
+    window = step_window(trace, step, first_layer, layers, width, batch=batch)
     if window is None:
         return f"{step_name}: no operations in the trace"
     rows = [f"{step_name}, layers {first_layer}-{first_layer + layers - 1}: {duration_text(window.span)} "

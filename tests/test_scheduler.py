@@ -250,14 +250,15 @@ def test_a_long_generation_beside_a_short_prompt_gets_each_segments_own_best_spl
 
 def test_when_nothing_fits_both_memories_nearest_misses_are_named():
     """OPT-175B on an A100 40GB: every placement forced fails, on GPU memory with many layers'
-    weights on the GPU and on host memory with few; the message names the nearest miss of each."""
+    weights on the GPU and on host memory with few; the message names the nearest miss of each.
+    The GPU's nearest miss is with the most GPU batches tried (8 of 2: the smallest buffers)."""
     from advisor.errors import UserError
 
     model, hw = load_model("opt-175b"), load_hardware("a100-40gb-pcie4")
     why = {}
     for n in range(model.num_layers + 1):
         with pytest.raises(UserError) as caught:
-            plan(Request(model, hw, 16, 1024, 32, weights_on_gpu=n / model.num_layers))
+            plan(Request(model, hw, 16, 1024, 32, weights_on_gpu=n / model.num_layers, gpu_batches=8))
         why[n] = caught.value.lines[0]
     gpu_misses = [n for n, line in why.items() if "fit: GPU memory" in line]
     host_misses = [n for n, line in why.items() if "fit: host memory" in line]
@@ -266,7 +267,7 @@ def test_when_nothing_fits_both_memories_nearest_misses_are_named():
     with pytest.raises(UserError) as caught:
         plan(Request(model, hw, 16, 1024, 32))
     message = caught.value.lines[0]
-    assert f"GPU memory: {min(gpu_misses)} layers of weights on the GPU" in message
+    assert f"GPU memory: {min(gpu_misses)} layers of weights on the GPU and 8 GPU batch(es)" in message
     host_nearest = why[max(host_misses)].split("fit: ", 1)[1].split("; lower", 1)[0]
     assert host_nearest in message
     assert "or choose hardware with more GPU and host memory" in message
@@ -313,7 +314,7 @@ def test_a_host_memory_tight_workload_still_gets_a_split_when_the_windows_leave_
 
 
 def test_in_the_column_schedule_the_suggested_batch_is_the_largest_by_brute_force():
-    """Fitting batches are not contiguous there (24 fits as several GPU batches where 23, a prime,
+    """Fitting batches are not contiguous there (48 fits as several GPU batches where 47, a prime,
     can only be one), so bisection alone can miss the largest; every batch below the refused one
     is planned."""
     from advisor.errors import UserError
@@ -323,14 +324,14 @@ def test_in_the_column_schedule_the_suggested_batch_is_the_largest_by_brute_forc
 
     def plans(batch):
         try:
-            plan(Request(model, hw, batch, 512, 8, schedule="column"))
+            plan(Request(model, hw, batch, 256, 8, schedule="column"))
             return True
         except UserError:
             return False
 
     working = [b for b in range(1, 64) if plans(b)]
     assert not plans(64) and working != list(range(1, max(working) + 1))  # gaps: not contiguous
-    assert largest_batch_that_fits(Request(model, hw, 64, 512, 8, schedule="column").resolved()) == max(working)
+    assert largest_batch_that_fits(Request(model, hw, 64, 256, 8, schedule="column").resolved()) == max(working)
 
 
 def test_batch_max_with_a_forced_gpu_batch_count_keeps_to_its_multiples(tmp_path, capsys):
@@ -371,8 +372,9 @@ def test_a_speedup_against_a_full_transfer_that_cannot_fit_the_host_says_so(h100
     request = Request(load_model("opt-6.7b"), h100, 215, 2000, 32)
     result = plan(request)
     note = next(note for note in result.notes if note.startswith("full transfer (split 0) would need"))
-    with pytest.raises(UserError) as refused:
-        plan(Request(load_model("opt-6.7b"), h100, 215, 2000, 32, split=0))
+    with pytest.raises(UserError) as refused:  # the same configuration, split 0
+        plan(Request(load_model("opt-6.7b"), h100, 215, 2000, 32, split=0, gpu_batches=result.workload.gpu_batches,
+                     weights_on_gpu=result.weights_gpu_layers / 32))
     needed = note.split("would need ")[1].split(" of pinned")[0]
     assert needed in str(refused.value)
     small = plan(Request(load_model("opt-6.7b"), h100, 8, 2000, 32, gpu_kv_budget_bytes=0))
@@ -390,3 +392,34 @@ def test_a_single_new_token_pins_no_store_so_a_batch_only_the_prefill_needs_plan
     assert result.store.act_tokens == 0 and result.store.kv_from == result.workload.stored_tokens
     streamed = memory.host_weight_bytes(model, 2, result.weights_gpu_layers)
     assert result.predicted.host_pinned_bytes == streamed <= memory.host_limit(h100)
+
+
+def test_several_gpu_batches_in_the_row_schedule_are_tried_and_the_best_kept():
+    """Batch 117 of Llama-2-7B on a T4 (8 GB KV budget): as 3 GPU batches of 39 the smaller
+    buffers leave room for every layer's weights, 24% faster per step than the best single batch
+    (the planner used to try one GPU batch only in the row schedule). Brute force over every GPU
+    batch count that divides the batch."""
+    from advisor.errors import UserError
+
+    model, hw = load_model("llama-2-7b"), load_hardware("t4-pcie3")
+    request = Request(model, hw, 117, 108, 12, objective="throughput", gpu_kv_budget_bytes=8_000_000_000)
+    forced = {}
+    for g in (1, 3, 9, 13, 39, 117):
+        try:
+            forced[g] = plan(Request(model, hw, 117, 108, 12, objective="throughput",
+                                     gpu_kv_budget_bytes=8_000_000_000, gpu_batches=g)).predicted.decode_step_s
+        except UserError:
+            continue
+    chosen = plan(request)
+    assert chosen.predicted.decode_step_s == pytest.approx(min(forced.values()), rel=1e-9)
+    assert chosen.workload.gpu_batches == 3 and forced[1] > 1.3 * forced[3]
+
+
+def test_the_most_weights_that_leave_the_whole_cache_on_the_gpu_are_scored():
+    """Mistral-7B on a T4, batch 24, prompt 1834: with 7 layers of weights on the GPU the whole KV
+    cache fits and nothing crosses PCIe but weights; above 7 the KV offloads and the cost jumps,
+    so stepping down one layer at a time from the most weights that fit (18) never reached 7."""
+    model, hw = load_model("mistral-7b"), load_hardware("t4-pcie3")
+    chosen = plan(Request(model, hw, 24, 1834, 60, gpu_batches=1))
+    seven = plan(Request(model, hw, 24, 1834, 60, gpu_batches=1, weights_on_gpu=7 / 32))
+    assert not seven.offload and chosen.predicted.decode_step_s <= seven.predicted.decode_step_s

@@ -489,3 +489,21 @@ def test_on_a_device_whose_lanes_do_not_overlap_the_cost_model_is_the_simulators
     setup = costs.Setup.from_plan(chosen)
     brute = min(costs.sweep(costs.Setup(model, hw, chosen.workload, 4, schedule, 2, weights, 0), range(49)))
     assert costs.step_times(setup, chosen.splits).mean() <= brute * (1 + 1e-6)
+
+
+def test_a_row_schedule_step_picture_shows_one_gpu_batch_whose_step_it_times():
+    """In the row schedule GPU batches run one after another through every step: one step of all
+    of them spans the run, so the picture and its step time are the first batch's."""
+    from simulator.timeline import shown_batch, step_window
+    from tui.explore import gpu_waits
+
+    model, hw = load_model("tiny-opt"), load_hardware("cpu-generic")
+    plan = make_plan(model, hw, Workload(batch=4, prompt_len=16, gen_len=4, gpu_batches=2), splits=8)
+    trace = simulate_plan(plan)
+    assert shown_batch(plan) == 0 and shown_batch(plan.model_copy(update={"schedule": "column"})) is None
+    window = step_window(trace, 1, 0, model.num_layers, 40, batch=0)
+    ends = {parse_op_id(r.id)[:3:2]: r.end_s for r in trace.records if r.id.endswith(".sample")}
+    assert window.t0 + window.span <= ends[(1, 0)] + 1e-12 < ends[(0, 1)]  # before batch 1 runs step 0
+    step, _, _ = gpu_waits(trace, 1, batch=0)
+    assert step == pytest.approx(ends[(1, 0)] - ends[(0, 0)])
+    assert "decode step 1 of GPU batch 0 (of 2" in text_timeline(plan, trace, 1)

@@ -40,6 +40,7 @@ from tui.widgets.inputs import NumberInput
 from tui.widgets.measured import MeasuredView
 from tui.widgets.notice import Notice
 from tui.widgets.timeline import Timeline, render_timeline
+from simulator.timeline import shown_batch
 
 TIMELINE_LAYERS = 4
 INPUT_DEBOUNCE_S = 0.25
@@ -654,9 +655,12 @@ class MainScreen(Screen):
                 trace = simulator.simulate_plan(short)
                 L = plan.model.num_layers
                 first = max(0, min(plan.resident_kv_layers - 1, L - TIMELINE_LAYERS)) if plan.offload else 0
-                body, waits = render_timeline(trace, step, first, min(TIMELINE_LAYERS, L), width)
-                whole = gpu_waits(trace, step)
+                batch = shown_batch(plan)
+                body, waits = render_timeline(trace, step, first, min(TIMELINE_LAYERS, L), width, batch)
+                whole = gpu_waits(trace, step, batch)
                 caption = f"simulated decode step {step} of a {short.workload.gen_len}-token copy of the plan"
+                if batch is not None:
+                    caption += f", GPU batch {batch + 1} of {plan.workload.gpu_batches} (they run one after another)"
                 if whole is not None:
                     caption += (f": {whole[0] * 1e3:,.2f} ms, GPU idle {whole[1] * 1e3:,.2f} ms "
                                 f"({whole[1] / whole[0] * 100 if whole[0] else 0:.0f}%)")

@@ -237,22 +237,25 @@ def timeline_copy(p: Plan, gen_len: int = TIMELINE_GEN_LEN) -> tuple[Plan, int]:
     return p, max(0, min(p.workload.decode_steps // 2, p.workload.decode_steps - 1))
 
 
-def step_window(trace: Trace, step: int) -> tuple[float, float] | None:
-    """(start, end) of decode step `step`: from the previous step's last sample to its own."""
+def step_window(trace: Trace, step: int, batch: int | None = None) -> tuple[float, float] | None:
+    """(start, end) of decode step `step`: from the previous step's last sample to its own (of GPU
+    batch `batch`; of all when None)."""
     ends: dict[int, float] = {}
     for r in trace.records:
         if r.id.endswith(".sample"):
-            s = parse_op_id(r.id)[0]
-            ends[s] = max(ends.get(s, -np.inf), r.end_s)
+            s, _, b, _, _ = parse_op_id(r.id)
+            if batch in (None, b):
+                ends[s] = max(ends.get(s, -np.inf), r.end_s)
     prev = PREFILL if step == 0 else step - 1
     if step not in ends or prev not in ends:
         return None
     return ends[prev], ends[step]
 
 
-def gpu_waits(trace: Trace, step: int) -> tuple[float, float, float] | None:
-    """(step seconds, GPU idle seconds, longest GPU idle gap) within decode step `step`."""
-    window = step_window(trace, step)
+def gpu_waits(trace: Trace, step: int, batch: int | None = None) -> tuple[float, float, float] | None:
+    """(step seconds, GPU idle seconds, longest GPU idle gap) within decode step `step` (of GPU
+    batch `batch`; of all when None)."""
+    window = step_window(trace, step, batch)
     if window is None:
         return None
     start, end = window

@@ -40,11 +40,13 @@ LANES = LANE_ROWS
 LABEL_W = 5
 
 
-def render_timeline(trace: Trace, step: int, first_layer: int, layers: int, width: int) -> tuple[Text, str]:
-    """The lanes over decode step `step`'s layers [first_layer, first_layer + layers), and a line
-    on the GPU's waits there (laid out by `simulator.timeline.step_window`)."""
+def render_timeline(trace: Trace, step: int, first_layer: int, layers: int, width: int,
+                    batch: int | None = None) -> tuple[Text, str]:
+    """The lanes over decode step `step`'s layers [first_layer, first_layer + layers) of GPU batch
+    `batch` (all when None), and a line on the GPU's waits there (laid out by
+    `simulator.timeline.step_window`)."""
     width = max(20, width - LABEL_W - 2)
-    window = step_window(trace, step, first_layer, layers, width, from_first_gpu_op=True)
+    window = step_window(trace, step, first_layer, layers, width, from_first_gpu_op=True, batch=batch)
     if window is None:
         return Text(f"decode step {step}: no operations in layers {first_layer}–{first_layer + layers - 1}"), ""
     text = Text(" " * (LABEL_W + 1) + window.marks, style="dim")
