@@ -92,7 +92,8 @@ def add_workload_arguments(parser: argparse.ArgumentParser, hardware_help: str =
                             help="sequences decoded together; `max`: the largest batch that fits (up to 4096); "
                             "`best`: of 1, 2, 3, 4, 6, 8, 12, … up to that, the one with the most decode tokens/s")
     else:
-        parser.add_argument("--batch", type=positive_int, required=True, help="sequences decoded together")
+        parser.add_argument("--batch", type=positive_int, required=True,
+                            help="sequences decoded together (a number: `max` and `best` are advisor plan's)")
     parser.add_argument("--prompt-len", type=positive_int, required=True, help="prompt tokens per sequence")
     parser.add_argument("--gen-len", type=positive_int, required=True, help="tokens generated per sequence")
 
@@ -104,11 +105,13 @@ def add_plan_choices(parser: argparse.ArgumentParser) -> None:
                         help="what the plan minimises: time per step (latency) or per token over the "
                         "batch (throughput); default follows --schedule")
     parser.add_argument("--gpu-batches", type=positive_int, default=None,
-                        help="GPU batches per step (column schedule); default: chosen")
+                        help="GPU batches the batch is split into (column: each step runs them all; row: "
+                        "they run one after another); default: chosen among the batch's divisors")
     parser.add_argument("--weights-on-gpu", type=fraction, default=None,
                         help="fraction of layers whose weights stay on the GPU; default: chosen")
     parser.add_argument("--gpu-kv-budget", type=non_negative_float, default=None, metavar="GB",
-                        help="GPU memory the KV cache may use, GB; 0 offloads all of it")
+                        help="GPU memory the KV cache may use, GB; 0 offloads all of it; default: as many "
+                        "layers' KV as fit beside everything else")
     parser.add_argument("--split", type=non_negative_int, default=None,
                         help="force this split (tokens recomputed) for every step")
     parser.add_argument("--chunks", type=positive_int, default=None,
@@ -175,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "beside the measured trace)")
 
     p = sub.add_parser("profile", help="measure this machine into a hardware profile")
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                   help="default: cuda when available, else the CPU mode")
     p.add_argument("--quick", action="store_true",
                    help="fewer sizes and repeats: copies up to 64 MiB instead of 1 GiB")
     p.add_argument("-o", "--output", required=True, help="where to write the hardware profile")
@@ -190,9 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tune", help="profile, plan, execute, calibrate, re-plan")
     add_workload_arguments(p, HARDWARE_HELP + "; `measure` (or a JSON path not there yet, or a profile of "
-                           "another device kind) profiles this machine first")
+                           "another device kind) profiles this machine first, quickly (as advisor profile --quick; what "
+                           "tuning calibrates from it goes to --profile-output)")
     add_plan_choices(p)
-    p.add_argument("--device", choices=["cuda", "cpu"], default=None, help="default: cuda when available")
+    p.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                   help="default: cuda when available, else the CPU mode")
     p.add_argument("--rounds", type=positive_int, default=3,
                    help="most rounds of execute, calibrate, re-plan (default: 3)")
     p.add_argument("--steps", type=positive_int, default=4, help="decode steps executed per candidate (default: 4)")

@@ -267,9 +267,12 @@ def compare_traces(plan: Plan, measured: Trace, predicted: Trace | None = None,
                           "error_pct": error, "warmup": i < warmup})
         if i >= warmup:
             step_errors.append(error)
+    counted_steps = [row for row in step_rows if not row["warmup"]]
     step_error = {"median_pct": float(statistics.median(step_errors)) if step_errors else None,
                   "p95_pct": percentile(step_errors, 95) if step_errors else None,
-                  "steps": len(step_errors)}
+                  "steps": len(step_errors),
+                  "predicted_mean_s": statistics.fmean(r["predicted_s"] for r in counted_steps) if counted_steps else None,
+                  "measured_mean_s": statistics.fmean(r["measured_s"] for r in counted_steps) if counted_steps else None}
     ttft = {"predicted_s": ps.ttft_s, "measured_s": ms.ttft_s,
             "error_pct": abs(ps.ttft_s - ms.ttft_s) / ms.ttft_s * 100 if ms.ttft_s > 0 else None}
     lanes = sorted(set(ps.lane_busy) | set(ms.lane_busy), key=lambda lane: ("h2d", "gpu", "d2h", "cpu").index(lane)
@@ -284,7 +287,8 @@ def compare_traces(plan: Plan, measured: Trace, predicted: Trace | None = None,
     if missing:
         notes.append(f"{missing} operation(s) of the plan are missing from one of the traces")
     if warmup:
-        notes.append(f"decode steps 0..{warmup - 1} are warm-up: left out of the per-operation statistics")
+        warm = "decode step 0 is" if warmup == 1 else f"decode steps 0..{warmup - 1} are"
+        notes.append(f"{warm} warm-up: left out of the per-operation statistics and the step means")
     if serial:
         notes.append("lanes do not overlap on this device: operations run one at a time, and each one's time "
                       "runs from the end of the one before it (the host's issue time counts)")
@@ -340,8 +344,10 @@ def describe(c: Comparison, max_steps: int = 12) -> list[str]:
         f"({_pct(c.ttft['error_pct'])})",
     ]
     if c.step_times:
-        lines.append(f"decode step time: median error {_pct(c.step_error['median_pct'])}, "
-                     f"p95 {_pct(c.step_error['p95_pct'])} over {c.step_error['steps']} steps")
+        lines.append(f"decode step: predicted {_t(c.step_error['predicted_mean_s'])}, measured "
+                     f"{_t(c.step_error['measured_mean_s'])} (means); per step median error "
+                     f"{_pct(c.step_error['median_pct'])}, p95 {_pct(c.step_error['p95_pct'])} over "
+                     f"{c.step_error['steps']} steps")
     lines.append("")
     lines += _table("by kind", c.by_kind)
     lines.append("")

@@ -237,6 +237,13 @@ def ttft(setup: Setup) -> float:
     return total + fill + (G if column else 1) * sample
 
 
+def all_first_tokens(setup: Setup) -> float:
+    """Seconds until every sequence has its first token. `ttft` is the first GPU batch's; in the row
+    schedule the others' prefills come after it (each batch runs through every step before the
+    next starts), in the column one `ttft` already covers them all."""
+    return ttft(setup) * (setup.workload.gpu_batches if setup.schedule == "row" else 1)
+
+
 def pcie_bytes_per_step(setup: Setup, splits_per_step) -> float:
     """Mean bytes crossing PCIe per decode step (both directions)."""
     model, wl, p = setup.model, setup.workload, setup.p

@@ -178,8 +178,10 @@ def describe(p: Plan) -> list[str]:
         f"split: {split_text}; {p.chunks} activation chunk(s) per layer",
     ]
     if pred:
-        decode = (f"decode step {_ms(pred.decode_step_s)}, {pred.decode_tokens_per_s:.1f} tokens/s"
-                  if wl.decode_steps else "decode step n/a (one new token: no decode step)")
+        rate = pred.decode_tokens_per_s
+        rate_text = f"{rate:.1f}" if rate >= 1 else f"{rate:.3g}"  # a very slow plan is not "0.0"
+        decode = (f"decode step {_ms(pred.decode_step_s)}, {rate_text} tokens/s" if wl.decode_steps
+                  else "decode step n/a (one new token: no decode step)")
         lines += [
             f"PCIe per decode step: {pred.pcie_bytes_per_step / 1e9:.3f} GB",
             f"predicted TTFT {_ms(pred.ttft_s)}, {decode}",

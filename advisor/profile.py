@@ -49,9 +49,10 @@ class Settings:
     attention: tuple[int, int, int, int] = (8, 32, 4096, 128)  # batch, heads, context, head dim
     elementwise_bytes: int = 256 * MiB
     launch_ops: int = 2000
-    # GEMMs rotate over copies of their weight of this many bytes in all, so that each reads its
-    # weight from memory as a decode step does (0: one weight, as the GPU reference microbenchmark)
-    gemm_cold_bytes: int = 0
+    # GEMMs rotate over copies of their weight of this many bytes in all, and copies over slices of
+    # buffers this large, so that each reads from memory, not a cache, as a decode step does (0: one
+    # weight and one buffer, as the GPU reference microbenchmark; a GPU copy never hits a cache)
+    cold_bytes: int = 0
     quick: bool = False
     notes: list[str] = field(default_factory=list)
 
@@ -96,7 +97,7 @@ def settings_for(device: str, quick: bool) -> Settings:
         elementwise_bytes=16 * MiB if quick else 64 * MiB,
         launch_ops=500 if quick else 2000,
         # a CPU's caches hold a small weight between repeats (28 GB/s here against 7 from memory)
-        gemm_cold_bytes=128 * MiB if quick else 256 * MiB,
+        cold_bytes=128 * MiB if quick else 256 * MiB,
         quick=quick,
     )
 
@@ -243,6 +244,7 @@ class Measured:
     launch_overhead_s: float = 0.0
     gpu_memory_bytes: int = 0
     gpu_reserved_bytes: int = 0
+    host_memory_bytes: int = 0  # 0: all of this machine's
     device_name: str = ""
     facts: dict[str, str] = field(default_factory=dict)
 
@@ -284,17 +286,23 @@ class Profiler:
             host.fill_(1)
             dev = torch.empty(top, dtype=torch.uint8, device="cuda")
         else:
-            host = torch.ones(top, dtype=torch.uint8)
-            dev = torch.zeros(top, dtype=torch.uint8)
+            host = torch.ones(max(top, self.s.cold_bytes), dtype=torch.uint8)
+            dev = torch.zeros(max(top, self.s.cold_bytes), dtype=torch.uint8)
+
+        def timed(src_buffer, dst_buffer, size: int) -> float:
+            """Each copy of `size` on the next slice of the buffers: a cold one, where they are large."""
+            slices = itertools.cycle(range(0, len(src_buffer) - size + 1, size))
+
+            def copy():
+                offset = next(slices)
+                dst_buffer[offset:offset + size].copy_(src_buffer[offset:offset + size], non_blocking=True)
+            return self.clock.median(copy)
+
         for size in self.s.copy_sizes:
-            src, dst = host[:size], dev[:size]
-            t = self.clock.median(lambda: dst.copy_(src, non_blocking=True))
-            self.m.h2d.append((size, t))
+            self.m.h2d.append((size, timed(host, dev, size)))
             self.tick(f"h2d {size // KiB} KiB")
         for size in self.s.copy_sizes:
-            src, dst = dev[:size], host[:size]
-            t = self.clock.median(lambda: dst.copy_(src, non_blocking=True))
-            self.m.d2h.append((size, t))
+            self.m.d2h.append((size, timed(dev, host, size)))
             self.tick(f"d2h {size // KiB} KiB")
 
     def bidirectional(self):
@@ -336,7 +344,7 @@ class Profiler:
         for h in self.s.gemm_hidden:
             points = []
             one = 2 * h * h * torch.empty((), dtype=self.dtype).element_size()
-            copies = max(1, -(-self.s.gemm_cold_bytes // one))
+            copies = max(1, -(-self.s.cold_bytes // one))
             weights = itertools.cycle([torch.randn(2 * h, h, device=dev, dtype=self.dtype) for _ in range(copies)])
             for m in self.s.gemm_m:
                 x = torch.randn(m, h, device=dev, dtype=self.dtype)
@@ -400,8 +408,10 @@ class Profiler:
             self.m.facts["numa"] = numa or "not visible"
         else:
             host = host_memory_bytes()
-            # the CPU mode's "device" memory is host memory: give each role half
+            # the CPU mode's "device" memory is host memory: give each role half, so that a plan
+            # within both fits the machine (both whole, a plan could pass and execute refuse it)
             self.m.gpu_memory_bytes = host // 2
+            self.m.host_memory_bytes = host - host // 2
             self.m.gpu_reserved_bytes = 0
             self.m.device_name = platform.processor() or platform.machine()
             self.m.facts["cpu"] = (f"{os.cpu_count()} logical CPUs; measured on {torch.get_num_threads()} torch "
@@ -447,7 +457,7 @@ def assemble(device: str, m: Measured, settings: Settings, name: str, elapsed_s:
         f"({'pinned host ↔ GPU' if device == 'cuda' else 'memcpy between two host buffers'}) fitted to "
         f"latency + bytes/bandwidth (relative least squares); GEMM (M×h)·(h×2h) in "
         f"{'fp16' if device == 'cuda' else 'fp32'}"
-        f"{f', rotating over {settings.gemm_cold_bytes // MiB} MiB of weight copies' if settings.gemm_cold_bytes else ''}"
+        f"{f', rotating over {settings.cold_bytes // MiB} MiB of weight copies (and copies over buffers as large)' if settings.cold_bytes else ''}"
         f"; attention: the backend's decode attention (bmm, fp32 "
         f"softmax, bmm over token-major K/V) of one query token over {settings.attention[2]} cached tokens, "
         f"KV bytes / time; memory-bound: elementwise add, "
@@ -464,7 +474,7 @@ def assemble(device: str, m: Measured, settings: Settings, name: str, elapsed_s:
         device_kind=device,
         lanes_overlap=device == "cuda",
         gpu_memory_bytes=max(1, m.gpu_memory_bytes),
-        host_memory_bytes=max(1, host_memory_bytes()),
+        host_memory_bytes=max(1, m.host_memory_bytes or host_memory_bytes()),
         h2d=h2d,
         d2h=d2h,
         bidirectional_total_Bps=m.bidirectional_Bps,

@@ -24,7 +24,7 @@ import numpy as np
 import pulp
 
 from advisor import memory, shapes
-from advisor.costs import (Setup, in_sequence, layer_sums, layer_times, pcie_bytes_per_step, recompute_time, sample_time,
+from advisor.costs import (Setup, all_first_tokens, in_sequence, layer_sums, layer_times, pcie_bytes_per_step, recompute_time, sample_time,
                            step_times, sweep, ttft)
 from advisor.documents import DTYPE_BYTES, HardwareProfile, ModelSpec, Plan, Predicted, Workload
 from advisor.errors import UserError
@@ -436,8 +436,8 @@ def _score(req: Request, setup: Setup, reasons: list[Miss]) -> Candidate | None:
     host_ok = _host_fits(req, setup, grid, reasons)
     if not host_ok.any():
         return None
-    if not setup.workload.decode_steps:
-        return Candidate(setup, ttft(setup), int(grid[0]))
+    if not setup.workload.decode_steps:  # one new token: the whole batch's prefill is the cost
+        return Candidate(setup, all_first_tokens(setup), int(grid[0]))
     times = np.where(host_ok, sweep(setup, grid), np.inf)
     best = int(np.argmin(times))
     return Candidate(setup, float(times[best]) / req.batch, int(grid[best]))
@@ -681,11 +681,11 @@ def why_nothing_fits(req: Request, reasons: list[Miss]) -> str:
         advice.append("keep more weights on the GPU (--weights-on-gpu)")
     memories = " and ".join(name for name, binding in (("GPU", gpu), ("host", host)) if binding)
     advice.append(f"or choose hardware with more {memories} memory" if memories else "or choose other hardware")
+    text = "; ".join(shown) + "; " + ", ".join(advice)
     if req.batch > smallest:
         largest = largest_batch_that_fits(req)
-        advice.append(f"(--batch {largest} fits, all else equal)" if largest else
-                      f"(not even --batch {smallest} fits)")
-    return "; ".join(shown) + "; " + ", ".join(advice)
+        text += f" (--batch {largest} fits, all else equal)" if largest else f" (not even --batch {smallest} fits)"
+    return text
 
 
 def fits_somehow(req: Request) -> bool:

@@ -59,6 +59,8 @@ def test_step_times_and_lanes_are_those_of_each_trace(plan, h100):
     assert c.lane_busy["h2d"] == {"predicted": predicted.summary.lane_busy["h2d"],
                                   "measured": measured.summary.lane_busy["h2d"]}
     assert c.step_error["median_pct"] > 10  # copies at 30 instead of 55 GB/s must show
+    assert c.step_error["predicted_mean_s"] == pytest.approx(predicted.summary.decode_step_s)
+    assert c.step_error["measured_mean_s"] == pytest.approx(measured.summary.decode_step_s)
 
 
 def test_cli_prints_json_and_writes_both_timelines(tmp_path, plan, capsys):
