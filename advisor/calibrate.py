@@ -432,6 +432,15 @@ class GpuFit:
         floor[3:] = -math.log(PEAK_LIMIT * peak_gemm)
         return np.maximum(low, np.minimum(floor, high)), high
 
+    def at_limit(self, x: np.ndarray) -> list[str]:
+        """The parameters `solve` left on a bound of `bounds` (the data could not hold them)."""
+        theta = np.log(x)
+        held = np.isclose(theta, self.low, rtol=0, atol=1e-6) | np.isclose(theta, self.high, rtol=0, atol=1e-6)
+        names = {self.LAUNCH: "launch overhead", self.MEMORY: "memory-bound rate", self.ATTENTION: "attention rate"}
+        found = [names[i] for i in sorted(names) if held[i]]
+        gemms = int(held[3:].sum())
+        return found + ([f"{gemms} GEMM rate(s)"] if gemms else [])
+
     def solve(self) -> tuple[np.ndarray, np.ndarray]:
         """(fitted x, how strongly the data pin each parameter: diag(JᵀJ) / prior weight)."""
         x0 = self.prior()
@@ -531,9 +540,11 @@ def calibrate(hw: HardwareProfile, runs: list[Run], name: str | None = None) -> 
                         "nothing to fit, no profile written")
     update: dict = {"h2d": models["h2d"], "d2h": models["d2h"], "bidirectional_total_Bps": bidirectional}
     pinned: dict[str, float] = {}
+    at_limit: list[str] = []
     if observations:
         fit = GpuFit(hw, observations)
         x, strength = fit.solve()
+        at_limit = fit.at_limit(x)
         update.update(
             launch_overhead_s=float(x[GpuFit.LAUNCH]),
             memory_bound_Bps=float(1.0 / x[GpuFit.MEMORY]),
@@ -565,6 +576,10 @@ def calibrate(hw: HardwareProfile, runs: list[Run], name: str | None = None) -> 
                          error_before_pct=statistics.median(before) if before else None,
                          error_after_pct=statistics.median(after) if after else None)
     lines += _describe(hw, profile, notes, bidi_note, result, runs)
+    if at_limit:
+        lines.append(f"  note: {', '.join(at_limit)} stopped at the limit of one calibration (×{MOVE_LIMIT:g} from the "
+                     f"input, or ×{PEAK_LIMIT:g} its fastest rate): these traces cannot pin them (operations too small, "
+                     "or hidden behind launch overhead); calibrate from larger workloads before trusting them")
     return result
 
 

@@ -377,3 +377,16 @@ def test_gpu_calibration_bench_spread_is_each_steps_distance_from_its_runs_media
         summary = Summary()
 
     assert bench.spread([Trace()]) == pytest.approx([50.0, 0.0, 100.0])
+
+
+def test_a_parameter_the_fit_leaves_on_its_limit_is_named(h100, opt67):
+    """Traces whose attention ran 1000× faster than the profile's (nothing real does: think of
+    operations too small to time) pull the rate past the 10× cap; the fit stops there and says so.
+    The recoverable case above says nothing of the kind."""
+    truth = h100.model_copy(update={"attention_Bps": h100.attention_Bps * 1000})
+    capped = calibrate(h100, h100_runs(h100, opt67, truth))
+    assert capped.profile.attention_Bps == pytest.approx(10 * max(h100.attention_Bps, h100.memory_bound_Bps))
+    note = next(line for line in capped.lines if "stopped at the limit" in line)
+    assert "attention rate" in note and "memory-bound" not in note
+    recovered = calibrate(h100, h100_runs(h100, opt67, h100_truth(h100)))
+    assert not any("stopped at the limit" in line for line in recovered.lines)
