@@ -8,6 +8,7 @@ checkpoint folder, read from its `config.json`.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from pathlib import Path
@@ -37,8 +38,29 @@ def available(kind: str) -> list[tuple[str, str, Path]]:
 
 
 def _by_name(kind: str, name: str) -> Path | None:
-    matches = [path for _, stem, path in available(kind) if stem == name]
-    return matches[-1] if matches else None  # a user profile shadows a shipped one
+    """The profile whose file is `name`.json (a user profile shadows a shipped one), else a user
+    profile whose document is named `name` (a copy of `advisor calibrate`'s output kept under
+    another file name is still found by the name plans print)."""
+    profiles = available(kind)
+    matches = [path for _, stem, path in profiles if stem == name]
+    if matches:
+        return matches[-1]
+    for origin, _, path in profiles:
+        if origin == "user":
+            try:
+                if json.loads(path.read_text()).get("name") == name:
+                    return path
+            except (OSError, ValueError, AttributeError):
+                continue
+    return None
+
+
+def _unknown(kind: str, what: str, name: str, also: str) -> UserError:
+    """A refusal naming the nearest profile names first, then all of them."""
+    names = [stem for _, stem, _ in available(kind)]
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(near)}? " if near else ""
+    return UserError(f"unknown {what} {name!r}: {hint}choose from {', '.join(names)}, or give {also}")
 
 
 def load_hardware(name_or_path: str) -> HardwareProfile:
@@ -47,8 +69,7 @@ def load_hardware(name_or_path: str) -> HardwareProfile:
         return load_document(HardwareProfile, path)
     found = _by_name("hardware", name_or_path)
     if found is None:
-        names = ", ".join(stem for _, stem, _ in available("hardware"))
-        raise UserError(f"unknown hardware profile {name_or_path!r}: choose from {names}, or give a file")
+        raise _unknown("hardware", "hardware profile", name_or_path, "a file")
     return load_document(HardwareProfile, found)
 
 
@@ -62,8 +83,7 @@ def load_model(name_or_path: str) -> ModelSpec:
         return load_document(ModelSpec, path)
     found = _by_name("models", name_or_path)
     if found is None:
-        names = ", ".join(stem for _, stem, _ in available("models"))
-        raise UserError(f"unknown model {name_or_path!r}: choose from {names}, or give a file or checkpoint folder")
+        raise _unknown("models", "model", name_or_path, "a file or checkpoint folder")
     return load_document(ModelSpec, found)
 
 

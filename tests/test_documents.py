@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from advisor.catalog import available, load_hardware, load_model, model_from_hf_config
-from advisor.documents import DOCUMENT_TYPES, HardwareProfile, Plan, json_schema, load_document
+from advisor.documents import DOCUMENT_TYPES, HardwareProfile, Plan, json_schema, load_document, write_document
 from advisor.errors import UserError
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "advisor" / "schemas"
@@ -209,3 +209,23 @@ def test_a_pipe_or_device_output_is_written_in_place_not_replaced(tmp_path):
     write_document(link, hw)
     assert link.is_symlink() and load_document(HardwareProfile, target) == hw
 
+
+
+def test_a_user_profile_is_found_by_its_file_name_or_the_name_inside_and_typos_get_suggestions(tmp_path):
+    """`advisor calibrate -o ~/.kvpr-advisor/hardware/mine.json` writes a profile named
+    `h100-pcie5-calibrated`; plans print that name, so it must be accepted too."""
+    import os
+
+    from advisor.errors import UserError
+
+    folder = Path(os.environ["ADVISOR_HOME"]) / "hardware"
+    folder.mkdir(parents=True)
+    calibrated = load_hardware("h100-pcie5").model_copy(update={"name": "h100-pcie5-calibrated"})
+    write_document(folder / "mine.json", calibrated)
+    assert load_hardware("mine") == calibrated == load_hardware("h100-pcie5-calibrated")
+    assert load_hardware("h100-pcie5").name == "h100-pcie5"  # a shipped file name still wins
+    with pytest.raises(UserError, match="did you mean h100-pcie5"):
+        load_hardware("h100-pcie")
+    with pytest.raises(UserError) as caught:
+        load_model("zzz")
+    assert "did you mean" not in str(caught.value) and "choose from" in str(caught.value)
