@@ -481,6 +481,23 @@ def _fitting_placements(req: Request, wl: Workload, p: int, placements, chunks: 
     return (nw for nw in placements if _fits(req, _setup_for(req, wl, p, nw, chunks, reasons), reasons))
 
 
+def _most_weights_with_all_kv(req: Request, wl: Workload, p: int, top: int) -> int | None:
+    """The most layers of weights (at most `top`) that leave room for every layer's KV on the GPU,
+    or None. More weights leave less room, so the layers of KV that fit fall as the weights grow:
+    bisection."""
+    def all_kv(nw: int) -> bool:
+        return memory.max_resident_kv_layers(req.model, req.hardware, wl, p, nw,
+                                             req.gpu_kv_budget_bytes) >= req.model.num_layers
+
+    if not all_kv(0):
+        return None
+    low, high = 0, top
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if all_kv(middle) else (low, middle - 1)
+    return low
+
+
 def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[Miss]]:
     """Feasible discrete choices, scored by the cost model over a grid of splits.
 
@@ -519,8 +536,7 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[Miss]]:
             # and the most weights that leave room for the whole KV cache: below it the cost falls
             # again, no KV crossing PCIe at all (a second tooth the steps below cannot climb over)
             if top is not None:
-                ends.add(next((nw for nw in range(top, -1, -1) if memory.max_resident_kv_layers(
-                    model, hw, wl, p, nw, req.gpu_kv_budget_bytes) >= model.num_layers), None))
+                ends.add(_most_weights_with_all_kv(req, wl, p, top))
             for nw in sorted(ends - {None}, reverse=True):
                 score(nw, [])
             if not fitted:
