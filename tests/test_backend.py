@@ -85,6 +85,8 @@ CONFIGS = [
     dict(splits=6, chunks=2, schedule="row", gpu_batches=2, weights_gpu_layers=1),
     dict(splits=[0, 12, 5, 13], chunks=2),  # the split changes per step
     dict(splits=9, chunks=2, resident_kv_layers=1),
+    # what the planner now often picks: several GPU batches in the row schedule, some KV resident
+    dict(splits=6, chunks=2, resident_kv_layers=1, schedule="row", gpu_batches=4),
     dict(offload=False),  # the resident path
 ]
 
