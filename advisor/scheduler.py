@@ -675,9 +675,17 @@ def plan(req: Request) -> Plan:
     best = min(candidates, key=lambda c: c.score)
     if not best.setup.offload:
         notes.append(NO_OFFLOAD_NOTE + (": --split has no effect" if req.split is not None else ""))
-    solution = solve_splits(best.setup, req.split, best.best_split)
-    splits = expand(solution, best.setup.workload.decode_steps)
-    return _finish(req, best.setup, splits, notes, solve_s=solution.solve_s)
+    setup = best.setup
+    solution = solve_splits(setup, req.split, best.best_split)
+    splits = expand(solution, setup.workload.decode_steps)
+    if setup.offload and not req.chunks and req.split is None:
+        # the chunk count was chosen on constant splits; where the solved splits grow with the
+        # context another count can serve them better (all tie at a constant split 0): the count
+        # that costs least at these splits is kept (no second solve: the splits stay near-optimal).
+        # With every split 0 no activation crosses PCIe, and one chunk says so.
+        setup = min((replace(setup, chunks=c) for c in CHUNK_CHOICES),
+                    key=lambda s: (float(step_times(s, splits).sum()), s.chunks))
+    return _finish(req, setup, splits, notes, solve_s=solution.solve_s)
 
 
 def why_nothing_fits(req: Request, reasons: list[Miss]) -> str:
