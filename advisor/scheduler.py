@@ -681,10 +681,17 @@ def plan(req: Request) -> Plan:
     if setup.offload and not req.chunks and req.split is None:
         # the chunk count was chosen on constant splits; where the solved splits grow with the
         # context another count can serve them better (all tie at a constant split 0): the count
-        # that costs least at these splits is kept (no second solve: the splits stay near-optimal).
-        # With every split 0 no activation crosses PCIe, and one chunk says so.
-        setup = min((replace(setup, chunks=c) for c in CHUNK_CHOICES),
-                    key=lambda s: (float(step_times(s, splits).sum()), s.chunks))
+        # that costs least at these splits gets its own solve, and the cheaper plan is kept. With
+        # every split 0 no activation crosses PCIe, and one chunk says so.
+        def cost(s: Setup, per_step: list[int]) -> float:
+            return float(step_times(s, per_step).sum())
+
+        other = min((replace(setup, chunks=c) for c in CHUNK_CHOICES), key=lambda s: (cost(s, splits), s.chunks))
+        if other.chunks != setup.chunks:
+            setup, again = other, solve_splits(other, None, best.best_split)
+            resolved = expand(again, setup.workload.decode_steps)
+            if cost(setup, resolved) < cost(setup, splits):
+                solution, splits = again, resolved
     return _finish(req, setup, splits, notes, solve_s=solution.solve_s)
 
 

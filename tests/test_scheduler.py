@@ -457,5 +457,5 @@ def test_the_chunk_count_is_the_cheapest_for_the_splits_solved():
     setup = replace(Setup.from_plan(chosen), act_tokens=None, kv_from=None)
     costs = {c: float(step_times(replace(setup, chunks=c), chosen.splits).sum()) for c in (1, 2, 4, 8)}
     assert costs[chosen.chunks] == min(costs.values())
-    zero = plan(Request(model, hw, 4, 150, 250))
+    zero = plan(Request(model, hw, 4, 150, 100))
     assert not any(zero.splits) and zero.offload and zero.chunks == 1
