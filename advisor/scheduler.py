@@ -88,6 +88,7 @@ class Solution:
     objective_s: float
     solve_s: float = 0.0
     segments: list[tuple[int, int]] = field(default_factory=list)
+    windows: list[tuple[int, int]] | None = None  # the split ranges of the last solve (None: all)
 
 
 def segments_of(steps: int, prompt_len: int = 0, max_segments: int = MAX_SEGMENTS) -> list[tuple[int, int]]:
@@ -607,8 +608,10 @@ def widened(windows: list[tuple[int, int]] | None, splits: list[int],
 NO_OFFLOAD_NOTE = "no offloading needed: the whole KV cache fits on the GPU beside the weights"
 
 
-def solve_splits(setup: Setup, forced: int | None = None, screened: int | None = None) -> Solution:
-    """Per-segment splits by MILP (or the forced / GQA answer), with the solve time."""
+def solve_splits(setup: Setup, forced: int | None = None, screened: int | None = None,
+                 windows: list[tuple[int, int]] | None = None) -> Solution:
+    """Per-segment splits by MILP (or the forced / GQA answer), with the solve time; `windows`
+    (an earlier solve's) instead of those around the screened split."""
     steps = setup.workload.decode_steps
     if steps == 0:
         return Solution(splits=[], objective_s=0.0)
@@ -618,7 +621,7 @@ def solve_splits(setup: Setup, forced: int | None = None, screened: int | None =
         split = forced or 0
         return Solution(splits=[split], objective_s=0.0, segments=[(0, steps - 1)])
     segments = segments_of(steps, setup.workload.prompt_len)
-    windows = screen_windows(setup, segments, screened)
+    windows = windows or screen_windows(setup, segments, screened)
     start = time.perf_counter()
     try:
         solution = LinearModel(setup, segments, windows).solve()
@@ -641,10 +644,12 @@ def solve_splits(setup: Setup, forced: int | None = None, screened: int | None =
         try:
             if windows is None:
                 raise error
+            windows = None
             solution = LinearModel(setup, segments, None).solve()
         except _NoSolution as final:
             raise UserError(f"no feasible split: the MILP reports {final}; the host store may not fit") from None
     solution.solve_s = time.perf_counter() - start
+    solution.windows = windows
     return solution
 
 
@@ -688,7 +693,7 @@ def plan(req: Request) -> Plan:
 
         other = min((replace(setup, chunks=c) for c in CHUNK_CHOICES), key=lambda s: (cost(s, splits), s.chunks))
         if other.chunks != setup.chunks:
-            setup, again = other, solve_splits(other, None, best.best_split)
+            setup, again = other, solve_splits(other, None, best.best_split, solution.windows)
             resolved = expand(again, setup.workload.decode_steps)
             if cost(setup, resolved) < cost(setup, splits):
                 solution, splits = again, resolved
