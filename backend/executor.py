@@ -104,10 +104,17 @@ class Executor:
 
         Rerunning decode steps is idempotent: they read what prefill and earlier steps stored and
         write the same values again, which is how timing is measured twice on the same state.
+
+        In such a run an operation whose dependency lies outside it (done before the run began)
+        loses the order that dependency gave it against the run's own operations: in the row
+        schedule with several GPU batches, batch 1's first loads of the run reuse the buffer slots
+        that batch 0's last attention of the run reads, and were ordered after it only through
+        batch 1's earlier step. Such an operation waits for the latest operation of every other lane.
         """
         wanted = None if steps is None else set(steps)
         ops = [op for op in self.ops if wanted is None or op.step in wanted]
         events: dict[str, object] = {}
+        latest: dict[str, object] = {}  # lane → its last operation's event in this run
         samples: deque = deque()
         ahead = ahead_steps * self.rt.G
         self.moved = {}
@@ -116,8 +123,10 @@ class Executor:
             t0 = time.perf_counter()
             for op in ops:
                 waits = [events[d] for d in op.deps if d in events and self.lane_of[d] != op.lane]
+                if wanted is not None and any(d not in events for d in op.deps):
+                    waits += [event for lane, event in latest.items() if lane != op.lane]
                 fn = getattr(self, "_" + op.kind)(op)
-                events[op.id] = lanes.submit(op.id, op.lane, fn, waits)
+                events[op.id] = latest[op.lane] = lanes.submit(op.id, op.lane, fn, waits)
                 if op.kind == "sample":
                     samples.append((op, events[op.id]))
                     while len(samples) > ahead:
@@ -292,14 +301,20 @@ def decode_step_times(plan: Plan, times: dict[str, tuple[float, float]], steps: 
                       origin: float = 0.0) -> dict[int, float]:
     """Step times as `advisor.tracesummary` defines them, for runs that may lack prefill.
 
-    A step runs from the end of the previous step's `sample` (or `origin` when the previous step
-    was not part of the run) to the end of its own: the latest over GPU batches in the column
-    schedule, the sum over GPU batches in the row schedule.
+    A step runs from the end of the previous step's `sample` to the end of its own: the latest over
+    GPU batches in the column schedule, the sum over GPU batches in the row schedule. Where the
+    previous step was not part of the run, it runs from `origin`, or in the row schedule, for GPU
+    batch j > 0, from the previous batch's last `sample` of the run (batches run one after another).
     """
-    from advisor.opgraph import op_id
+    from advisor.opgraph import op_id, parse_op_id
 
     G = plan.workload.gpu_batches
     L = plan.model.num_layers
+    last_sample: dict[int, float] = {}  # GPU batch → the end of its last sample in `times`
+    for name, (_, end) in times.items():
+        if name.endswith(".sample"):
+            batch = parse_op_id(name)[2]
+            last_sample[batch] = max(last_sample.get(batch, end), end)
     out = {}
     for step in steps:
         ends, prevs = [], []
@@ -309,7 +324,12 @@ def decode_step_times(plan: Plan, times: dict[str, tuple[float, float]], steps: 
                 break
             prev = times.get(op_id(step - 1 if step > 0 else PREFILL, L, j, "sample"))
             ends.append(end[1])
-            prevs.append(prev[1] if prev else origin)
+            if prev:
+                prevs.append(prev[1])
+            elif plan.schedule == "row" and j > 0 and j - 1 in last_sample:
+                prevs.append(last_sample[j - 1])
+            else:
+                prevs.append(origin)
         else:
             if plan.schedule == "column":
                 out[step] = max(ends) - max(prevs)

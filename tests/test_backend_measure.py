@@ -91,3 +91,20 @@ def test_overhead_on_a_real_cpu_run_is_measured_on_the_same_steps(plan):
         assert torch.equal(runtime.tokens, tokens)  # rerunning the steps changed nothing
     finally:
         runtime.release()
+
+
+def test_a_partial_runs_first_step_of_a_later_row_batch_starts_where_the_batch_before_it_ended():
+    """Row schedule, 2 GPU batches, a run of steps 1-2 (batch 0's, then batch 1's): batch 1's first
+    step of the run starts when batch 0's last sample ends, not at the run's origin (which counted
+    all of batch 0's steps into it: the 'head' figures came out several times a step)."""
+    from backend.executor import decode_step_times
+
+    model = load_model("tiny-opt")
+    plan = make_plan(model, load_hardware("cpu-generic"), Workload(batch=4, prompt_len=8, gen_len=4, gpu_batches=2),
+                     splits=4)
+    L = model.num_layers
+    ends = {(1, 0): 1.0, (2, 0): 2.0, (1, 1): 3.5, (2, 1): 4.5}
+    times = {op_id(step, L, batch, "sample"): (end - 0.1, end) for (step, batch), end in ends.items()}
+    assert decode_step_times(plan, times, [1, 2]) == {1: 1.0 + (3.5 - 2.0), 2: 1.0 + 1.0}
+    column = plan.model_copy(update={"schedule": "column"})
+    assert decode_step_times(column, times, [1, 2]) == {1: 3.5, 2: 4.5 - 3.5}
