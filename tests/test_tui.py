@@ -224,6 +224,27 @@ def test_plan_flag_opens_that_plan(tmp_path):
     assert without_provenance(export) == without_provenance(given)
 
 
+def test_a_loaded_plan_keeps_its_gpu_batches_chunks_and_placement_when_its_split_moves(tmp_path):
+    """Its measured trace ran that configuration: `]` must re-plan it, not the scheduler's own pick
+    (which dropped the 4 GPU batches and 2 chunks, and called the trace one of another plan)."""
+    given = advisor_plan(tmp_path, "--gpu-batches", "4", "--chunks", "2", "--weights-on-gpu", "0.5",
+                         "--split", "2000", name="given.json")
+    loaded = load_document(Plan, given)
+
+    async def scenario():
+        app = AdvisorApp(plan=loaded, plan_path=str(given), export_path=str(tmp_path / "plan.json"))
+        async with app.run_test(size=SIZE) as pilot:
+            await app.settled()
+            await pilot.press("right_square_bracket")
+            await app.settled()
+            current = app.main.current
+            assert current.splits[0] == 2001
+            assert (current.workload.gpu_batches, current.chunks, current.weights_gpu_layers) == \
+                (4, 2, loaded.weights_gpu_layers)
+
+    run(scenario())
+
+
 def fake_measured(plan: Plan, path: Path, scale: float) -> Trace:
     """The simulated trace of `plan` with every time scaled, as if measured."""
     import simulator

@@ -104,7 +104,9 @@ class Explorer:
         return self.hardware[name]
 
     def adopt(self, loaded: Plan, label: str) -> Inputs:
-        """Inputs reproducing a loaded plan's workload, with its model and hardware registered.
+        """Inputs reproducing a loaded plan, with its model and hardware registered: its workload and
+        its GPU batch count, chunk count and weight placement, so that a split key re-plans that
+        configuration (the one a measured trace of it ran) rather than what the scheduler would pick.
 
         A plan embeds its model and hardware documents; they are used as embedded (under the
         shipped name when identical to the shipped profile, else under `label`).
@@ -115,6 +117,8 @@ class Explorer:
         budget = None if wl.gpu_kv_budget_bytes is None else wl.gpu_kv_budget_bytes / 1e9
         return Inputs(model=model_key, hardware=hw_key, batch=wl.batch, prompt_len=wl.prompt_len,
                       gen_len=wl.gen_len, schedule=loaded.schedule, objective=loaded.objective,
+                      gpu_batches=wl.gpu_batches, chunks=loaded.chunks,
+                      weights_on_gpu=loaded.weights_gpu_layers / loaded.model.num_layers,
                       gpu_kv_budget_gb=budget, cost_model=loaded.cost_model,
                       dtype=None if loaded.dtype == default_dtype(loaded.model, loaded.hardware) else loaded.dtype)
 
