@@ -123,7 +123,7 @@ def text_timeline(plan: Plan, trace: Trace, step: int, layers: int = 4, width: i
     batch = shown_batch(plan)
     step_name = "prefill" if step == PREFILL else f"decode step {step}"
     if batch is not None:
-        step_name += f" of GPU batch {batch} (of {plan.workload.gpu_batches}, run one after another)"
+        step_name += f" of GPU batch b{batch} (of {plan.workload.gpu_batches}, run one after another)"
     window = step_window(trace, step, first_layer, layers, width, batch=batch)
     if window is None:
         return f"{step_name}: no operations in the trace"

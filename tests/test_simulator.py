@@ -506,4 +506,4 @@ def test_a_row_schedule_step_picture_shows_one_gpu_batch_whose_step_it_times():
     assert window.t0 + window.span <= ends[(1, 0)] + 1e-12 < ends[(0, 1)]  # before batch 1 runs step 0
     step, _, _ = gpu_waits(trace, 1, batch=0)
     assert step == pytest.approx(ends[(1, 0)] - ends[(0, 0)])
-    assert "decode step 1 of GPU batch 0 (of 2" in text_timeline(plan, trace, 1)
+    assert "decode step 1 of GPU batch b0 (of 2" in text_timeline(plan, trace, 1)

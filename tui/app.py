@@ -660,7 +660,7 @@ class MainScreen(Screen):
                 whole = gpu_waits(trace, step, batch)
                 caption = f"simulated decode step {step} of a {short.workload.gen_len}-token copy of the plan"
                 if batch is not None:
-                    caption += f", GPU batch {batch + 1} of {plan.workload.gpu_batches} (they run one after another)"
+                    caption += f", GPU batch b{batch} (of {plan.workload.gpu_batches}, run one after another)"
                 if whole is not None:
                     caption += (f": {whole[0] * 1e3:,.2f} ms, GPU idle {whole[1] * 1e3:,.2f} ms "
                                 f"({whole[1] / whole[0] * 100 if whole[0] else 0:.0f}%)")
