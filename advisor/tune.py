@@ -30,7 +30,7 @@ from advisor.documents import (HardwareProfile, Plan, Trace, Workload, check_dis
 from advisor.errors import UserError
 from advisor.plans import make_plan
 from advisor.profile import cpu_mode_threads
-from advisor.scheduler import Request, plan as solve
+from advisor.scheduler import MAX_GPU_BATCHES, Request, plan as solve
 
 # ---------------------------------------------------------------------------------------------
 # Candidates
@@ -94,12 +94,14 @@ def neighbours(p: Plan) -> list[tuple[str, Plan]]:
             for chunks in (p.chunks * 2, p.chunks // 2):
                 if 1 <= chunks <= 16 and chunks != p.chunks and chunks <= max(p.splits):
                     out.append((f"{chunks} chunks", _variant(p, wl, p.splits, chunks)))
-    if p.schedule == "column":
-        for g in (wl.gpu_batches * 2, wl.gpu_batches // 2):
-            if g >= 1 and g != wl.gpu_batches and wl.batch % g == 0:
-                other = wl.model_copy(update={"gpu_batches": g})
-                out.append((f"{g} GPU batches", _variant(p, Workload.model_validate(other.model_dump()),
-                                                         p.splits, p.chunks)))
+    # the nearest GPU batch counts the planner could choose, above and below (both schedules)
+    counts = [g for g in range(1, MAX_GPU_BATCHES[p.schedule] + 1) if wl.batch % g == 0]
+    below = [g for g in counts if g < wl.gpu_batches]
+    above = [g for g in counts if g > wl.gpu_batches]
+    for g in above[:1] + below[-1:]:
+        other = wl.model_copy(update={"gpu_batches": g})
+        out.append((f"{g} GPU batches", _variant(p, Workload.model_validate(other.model_dump()),
+                                                 p.splits, p.chunks)))
     return out
 
 

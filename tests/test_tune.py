@@ -25,6 +25,11 @@ def test_neighbours_move_the_split_by_a_tenth_and_halve_and_double_the_chunks():
     assert found["4 GPU batches"].workload.gpu_batches == 4 and found["1 GPU batches"].workload.gpu_batches == 1
     for p in found.values():  # everything else as in the base plan
         assert p.workload.batch == 8 and p.weights_gpu_layers == 1 and p.schedule == "column"
+    # the row schedule too (the planner now splits it into GPU batches), to the nearest divisors
+    row = make_plan(tiny, cpu, Workload(batch=12, prompt_len=50, gen_len=4, gpu_batches=3), splits=20,
+                    chunks=2, schedule="row", weights_gpu_layers=1)
+    counts = sorted(p.workload.gpu_batches for label, p in neighbours(row) if label.endswith("GPU batches"))
+    assert counts == [2, 4]
 
 
 def test_short_plan_keeps_batch_prompt_and_first_splits():
