@@ -499,6 +499,51 @@ def _most_weights_with_all_kv(req: Request, wl: Workload, p: int, top: int) -> i
     return low
 
 
+def _placements_scored(req: Request, wl: Workload, p: int, chunks: int) -> tuple[list[Candidate], list[Miss]]:
+    """The weight placements worth scoring for one GPU batching, scored; the reasons of the misses.
+
+    The screened ones (all, 3/4, 1/2, 1/4, none of the layers, or the forced one) first. GPU memory
+    caps the weights on the GPU from above and host memory (where streamed weights live) from below,
+    and the range that fits can end between the screened placements: its top (the least weight
+    streaming) is scored too, and where no screened placement fits, both its ends (with the reasons
+    of every placement, for the refusal). So is the most weights that leave room for the whole KV
+    cache: below it the cost falls again, no KV crossing PCIe (a second tooth that the steps below
+    cannot climb over). Last, one layer at a time from the best while the cost falls: one more
+    layer of weights can cost several layers of resident KV, so the cost is not smooth."""
+    scored: dict[int, Candidate | None] = {}
+    reasons: list[Miss] = []
+
+    def score(nw: int, reasons_to: list[Miss]) -> Candidate | None:
+        if nw not in scored:
+            setup = _setup_for(req, wl, p, nw, chunks, reasons_to)
+            scored[nw] = _score(req, setup, reasons_to) if setup else None
+        return scored[nw]
+
+    for nw in _weight_choices(req):  # from most layers on the GPU to fewest
+        score(nw, reasons)
+    if req.weights_on_gpu is None:
+        fitted = any(scored.values())
+        scan_reasons: list[Miss] = []
+        fits = _fitting_placements(req, wl, p, range(req.model.num_layers, -1, -1), chunks, scan_reasons)
+        top = next(fits, None)
+        ends = {top} if fitted else {top, min(fits, default=top)}
+        if top is not None:
+            ends.add(_most_weights_with_all_kv(req, wl, p, top))
+        for nw in sorted(ends - {None}, reverse=True):
+            score(nw, [])
+        if not fitted:
+            reasons = scan_reasons
+        best = min((c for c in scored.values() if c), key=lambda c: c.score, default=None)
+        for direction in (1, -1) if best else ():
+            here, nw = best, best.setup.weights_gpu_layers + direction
+            while 0 <= nw <= req.model.num_layers:
+                next_one = score(nw, [])
+                if next_one is None or next_one.score >= here.score:
+                    break
+                here, nw = next_one, nw + direction
+    return [c for c in scored.values() if c], reasons
+
+
 def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[Miss]]:
     """Feasible discrete choices, scored by the cost model over a grid of splits.
 
@@ -506,55 +551,14 @@ def enumerate_candidates(req: Request) -> tuple[list[Candidate], list[Miss]]:
     then chosen for the best of them.
     """
     p = DTYPE_BYTES[req.dtype]
-    model, hw = req.model, req.hardware
     reasons: list[Miss] = []
     candidates: list[Candidate] = []
     chunk_choices = [req.chunks] if req.chunks else list(CHUNK_CHOICES)
     screen_chunks = chunk_choices[len(chunk_choices) // 2]
     for G in _batch_choices(req):
-        wl = _workload(req, G)
-        scored: dict[int, Candidate | None] = {}
-        batch_reasons: list[Miss] = []
-
-        def score(nw: int, reasons_to: list[Miss]) -> Candidate | None:
-            if nw not in scored:
-                setup = _setup_for(req, wl, p, nw, screen_chunks, reasons_to)
-                scored[nw] = _score(req, setup, reasons_to) if setup else None
-            return scored[nw]
-
-        for nw in _weight_choices(req):  # from most layers on the GPU to fewest
-            score(nw, batch_reasons)
-        if req.weights_on_gpu is None:
-            # GPU memory caps the weights on the GPU from above, host memory (where streamed weights
-            # live) from below, and the range that fits can end between the screened placements:
-            # its top (the least weight streaming) is scored too, and where no screened placement
-            # fits, both its ends (with the reasons of every placement, for the refusal)
-            fitted = any(scored.values())
-            scan_reasons: list[Miss] = []
-            fits = _fitting_placements(req, wl, p, range(model.num_layers, -1, -1), screen_chunks, scan_reasons)
-            top = next(fits, None)
-            ends = {top} if fitted else {top, min(fits, default=top)}
-            # and the most weights that leave room for the whole KV cache: below it the cost falls
-            # again, no KV crossing PCIe at all (a second tooth the steps below cannot climb over)
-            if top is not None:
-                ends.add(_most_weights_with_all_kv(req, wl, p, top))
-            for nw in sorted(ends - {None}, reverse=True):
-                score(nw, [])
-            if not fitted:
-                batch_reasons = scan_reasons
-            # then one layer at a time from the best while the cost falls: one more layer of
-            # weights on the GPU can cost several layers of resident KV, so the cost over the
-            # placement is not smooth near the screened points
-            best = min((c for c in scored.values() if c), key=lambda c: c.score, default=None)
-            for direction in (1, -1) if best else ():
-                here, nw = best, best.setup.weights_gpu_layers + direction
-                while 0 <= nw <= model.num_layers:
-                    next_one = score(nw, [])
-                    if next_one is None or next_one.score >= here.score:
-                        break
-                    here, nw = next_one, nw + direction
-        candidates += [c for c in scored.values() if c]
-        reasons += batch_reasons
+        found, misses = _placements_scored(req, _workload(req, G), p, screen_chunks)
+        candidates += found
+        reasons += misses
     if req.split is not None and any(c.setup.offload for c in candidates):
         candidates = [c for c in candidates if c.setup.offload]  # a forced split asks what offloading does
     if candidates and len(chunk_choices) > 1:
