@@ -178,15 +178,18 @@ def describe(p: Plan) -> list[str]:
         f"split: {split_text}; {p.chunks} activation chunk(s) per layer",
     ]
     if pred:
+        # the CPU mode copies between two regions of host memory and pins nothing
+        cpu = p.hardware.device_kind == "cpu"
+        link, store = ("copies (host memory to host memory)", "store") if cpu else ("PCIe", "pinned")
         rate = pred.decode_tokens_per_s
         rate_text = f"{rate:.1f}" if rate >= 1 else f"{rate:.3g}"  # a very slow plan is not "0.0"
         decode = (f"decode step {_ms(pred.decode_step_s)}, {rate_text} tokens/s" if wl.decode_steps
                   else "decode step n/a (one new token: no decode step)")
         lines += [
-            f"PCIe per decode step: {pred.pcie_bytes_per_step / 1e9:.3f} GB",
+            f"{link} per decode step: {pred.pcie_bytes_per_step / 1e9:.3f} GB",
             f"predicted TTFT {_ms(pred.ttft_s)}, {decode}",
-            f"memory: GPU {pred.gpu_memory_bytes / 1e9:.2f} GB of {p.hardware.gpu_memory_bytes / 1e9:.2f}; "
-            f"host pinned {pred.host_pinned_bytes / 1e9:.2f} GB of {p.hardware.host_memory_bytes / 1e9:.2f}",
+            f"memory: {'device' if cpu else 'GPU'} {pred.gpu_memory_bytes / 1e9:.2f} GB of {p.hardware.gpu_memory_bytes / 1e9:.2f}; "
+            f"host {store} {pred.host_pinned_bytes / 1e9:.2f} GB of {p.hardware.host_memory_bytes / 1e9:.2f}",
         ]
         if pred.baseline_step_s is not None:
             lines.append(f"full-transfer baseline (split 0, same residency and chunking): "

@@ -210,3 +210,14 @@ def test_batch_best_needs_decode_steps(tmp_path, capsys):
             "--gen-len", "1", "-o", str(tmp_path / "best.json")]
     assert main(args) == 2
     assert "--gen-len 2 or more" in capsys.readouterr().err and not (tmp_path / "best.json").exists()
+
+
+def test_a_cpu_plan_speaks_of_copies_and_a_store_not_pcie_and_pinned_memory(tmp_path, capsys):
+    """The CPU mode copies between two regions of host memory and pins nothing (execute reports
+    0 GB pinned); the plan must not promise PCIe traffic and pinned memory."""
+    args = ["plan", "--model", "opt-125m", "--hardware", "cpu-generic", "--batch", "2", "--prompt-len", "32",
+            "--gen-len", "4", "--gpu-kv-budget", "0", "-o", str(tmp_path / "plan.json")]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "copies (host memory to host memory) per decode step" in printed and "host store" in printed
+    assert "PCIe" not in printed and "pinned" not in printed and "memory: device" in printed
