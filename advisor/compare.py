@@ -284,6 +284,9 @@ def compare_traces(plan: Plan, measured: Trace, predicted: Trace | None = None,
                       "ratio": p.ratio, "error_pct": p.error_pct} for p in worst]
     if predicted.source == "measured":
         notes.append("the 'predicted' trace is a measured one: this compares two runs, not a prediction")
+    elif predicted.device != plan.hardware.name:  # a simulated trace names the profile it was simulated on
+        notes.append(f"the predicted trace was simulated on {predicted.device}, not on the plan's "
+                     f"{plan.hardware.name}: its figures are that profile's")
     if missing:
         notes.append(f"{missing} operation(s) of the plan are missing from one of the traces")
     if warmup:

@@ -141,3 +141,13 @@ def test_a_measured_trace_given_as_the_prediction_is_named(plan):
     c = compare_traces(plan, measured, stretched(simulate_plan(plan), "mlp", 1.1))
     assert any("compares two runs" in note for note in c.notes)
     assert not any("compares two runs" in note for note in compare_traces(plan, measured, simulate_plan(plan)).notes)
+
+
+def test_a_prediction_simulated_on_another_profile_is_named(plan, h100):
+    """Plan fingerprints leave the hardware out (a calibrated profile plans the same operations),
+    so a prediction simulated on another profile joins; the comparison must say whose it is."""
+    other = h100.model_copy(update={"name": "h100-pcie5-calibrated"})
+    measured = stretched(simulate_plan(plan), "none", 1.0)
+    c = compare_traces(plan, measured, simulate_plan(plan.model_copy(update={"hardware": other})))
+    assert any("simulated on h100-pcie5-calibrated, not on the plan's h100-pcie5" in n for n in c.notes)
+    assert not any("simulated on" in n for n in compare_traces(plan, measured, simulate_plan(plan)).notes)
