@@ -283,9 +283,10 @@ def cmd_execute(args) -> int:
               f"({s.warmup_steps_excluded} warm-up step(s) excluded)" if s.step_times_s
               else "decode step n/a (one new token: no decode step)")
     print(f"{plan.model.name}: TTFT {s.ttft_s * 1e3:.2f} ms, {decode} on {trace.device}")
-    kv = trace.extra.get("kv_copy_GBps")
+    kv, overhead = trace.extra.get("kv_copy_GBps"), trace.extra.get("timing_overhead")
+    noise = " (below zero: the runs compared differ by more than timing costs: noise)" if (overhead or 0) < 0 else ""
     print(f"KV copies {'n/a' if kv is None else f'{kv:.1f} GB/s'}, pinned {trace.extra['pinned_bytes'] / GB:.2f} GB, "
-          f"timing overhead {_pct(trace.extra.get('timing_overhead'))}")
+          f"timing overhead {_pct(overhead)}{noise}")
     if trace.generated_text:
         print(f"generated: {trace.generated_text[0]!r}")
     print(f"wrote {args.output}")
